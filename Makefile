@@ -1,0 +1,40 @@
+# `make demo` and `make test` each do the whole set-up on a fresh machine:
+# create .venv, install cropi with the CPU stack, drop the CUDA-only torchvision/torchaudio/
+# torchcodec that pip pulls in (they break transformers' model imports on CPU), build the tiny
+# base model if it is missing, then run the demo or the test suite.
+# On a machine without a local torch wheel: make TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+EXTRAS ?= cpu,dev
+TORCH_INDEX ?=
+CONFIG ?= configs/tiny-cpu.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test base-model bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) "torch==2.13.0+cpu" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import cropi, torch, vllm, ray, deepspeed, transformers, pyarrow"
+	touch $@
+
+setup: $(VENV)/.installed
+
+base-model: setup
+	$(PY) -m cropi.cli make-base-model $(CONFIG)
+
+demo: base-model
+	$(PY) -m cropi.cli demo $(CONFIG)
+
+test: base-model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: base-model
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf runs artifacts benchmarks/results/*.tmp

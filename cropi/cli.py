@@ -1,0 +1,85 @@
+"""The `cropi` command line. Every subcommand takes a config path and `--set section.field=value`.
+
+  cropi make-base-model CONFIG     build the tiny tokenizer + model and warm-start it
+  cropi config-reference           print the config reference (markdown) from the dataclasses
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cropi.errors import CropiError
+
+
+def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config field; repeatable")
+    return p
+
+
+def cmd_make_base_model(args) -> int:
+    from cropi.config import load_config
+    from cropi.data.suite import load_data
+    from cropi.model.base_model import build_base_model, read_marker
+
+    cfg = load_config(args.config, args.overrides)
+    marker = read_marker(cfg.model.path)
+    if marker and marker.get("config_hash") == cfg.section_hash("model", "data") and not args.force:
+        print(f"base model at {cfg.model.path} is up to date; pass rates {marker['pass_rates']}")
+        return 0
+    train, val = load_data(cfg)
+    info = build_base_model(cfg, train, val, cfg.model.path)
+    print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """What `make demo` runs: the base model's per-validation-set pass rates."""
+    from cropi.config import load_config
+    from cropi.model.base_model import read_marker
+    from cropi.model.loading import check_model_dir
+
+    cfg = load_config(args.config, args.overrides)
+    check_model_dir(cfg.model.path)
+    marker = read_marker(cfg.model.path) or {}
+    print(f"base model {cfg.model.path}: {marker.get('num_parameters', '?')} parameters, "
+          f"built in {marker.get('build_seconds', '?')} s")
+    for name, rate in (marker.get("pass_rates") or {}).items():
+        print(f"  validation set {name:>6}: pass rate {rate:.3f} at temperature {cfg.rollout.temperature}")
+    return 0
+
+
+def cmd_config_reference(args) -> int:
+    from cropi.config import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cropi", description="CROPI: influence-guided data selection for RLVR on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = _with_config(sub.add_parser("make-base-model", help="build and warm-start the tiny base model"))
+    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date model exists")
+    p.set_defaults(fn=cmd_make_base_model)
+    p = _with_config(sub.add_parser("demo", help="run the demo on the tiny model"))
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("config-reference", help="print the config reference as markdown")
+    p.set_defaults(fn=cmd_config_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CropiError as e:
+        print(f"cropi: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """The `cropi` command line. Every subcommand takes a config path and `--set section.field=value`.
 
   cropi make-base-model CONFIG     build the tiny tokenizer + model and warm-start it
+  cropi rollout CONFIG             build the offline trajectory buffer
   cropi config-reference           print the config reference (markdown) from the dataclasses
 """
 
@@ -36,6 +37,21 @@ def cmd_make_base_model(args) -> int:
     return 0
 
 
+def cmd_rollout(args) -> int:
+    from cropi.config import load_config
+    from cropi.rollout.build import build_buffer
+
+    cfg = load_config(args.config, args.overrides)
+    manifest = build_buffer(cfg)
+    for split, info in manifest["splits"].items():
+        print(f"{split:>10}: {info['num_prompts_present']} prompts x {info['k']} = {info['num_trajectories']} "
+              f"trajectories, mean reward {info['mean_reward']:.3f}, zero-advantage prompts {info['zero_advantage_prompts']}")
+    mm = manifest["logprob_mismatch"]
+    print(f"behavior log-prob mismatch vLLM vs HF: mean {mm['mean_abs']:.2e}, max {mm['max_abs']:.2e} "
+          f"over {mm['num_tokens']} tokens")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """What `make demo` runs: the base model's per-validation-set pass rates."""
     from cropi.config import load_config
@@ -65,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _with_config(sub.add_parser("make-base-model", help="build and warm-start the tiny base model"))
     p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date model exists")
     p.set_defaults(fn=cmd_make_base_model)
+    p = _with_config(sub.add_parser("rollout", help="build the offline trajectory buffer (vLLM workers on Ray)"))
+    p.set_defaults(fn=cmd_rollout)
     p = _with_config(sub.add_parser("demo", help="run the demo on the tiny model"))
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("config-reference", help="print the config reference as markdown")

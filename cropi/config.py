@@ -116,6 +116,7 @@ class RolloutConfig:
     tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.")
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).")
     kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).")
+    max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.")
 
     def validate(self) -> None:
         _require(self.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {self.num_workers}")
@@ -126,6 +127,7 @@ class RolloutConfig:
         _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         _require(self.shard_size >= 1, "rollout.shard_size", f"must be >= 1, got {self.shard_size}")
         _require(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+        _require(self.max_restarts >= 0, "rollout.max_restarts", f"must be >= 0, got {self.max_restarts}")
         _require(self.num_cpus_per_worker >= 0 and self.num_gpus_per_worker >= 0, "rollout.num_cpus_per_worker",
                  "resources must be >= 0")
 

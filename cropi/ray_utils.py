@@ -1,0 +1,28 @@
+"""Joining or starting Ray: a cluster at RAY_ADDRESS / resources.ray_address, else local."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from cropi.config import Config
+
+
+@contextmanager
+def ray_session(cfg: Config, dashboard: bool = False):
+    """Yield with Ray initialised; shut it down after only if we started it here."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = os.environ.get("RAY_ADDRESS") or cfg.resources.ray_address
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.resources.local_num_cpus, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()

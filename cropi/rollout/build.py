@@ -1,0 +1,55 @@
+"""`cropi rollout`: build the offline buffer with N vLLM workers, resuming what is done."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cropi.config import Config
+from cropi.data.suite import load_data
+from cropi.errors import CropiError
+from cropi.model.loading import check_model_dir, load_tokenizer
+from cropi.rollout.buffer import claim_buffer, plan_shards, read_manifest, summarise, write_json_atomic
+
+
+def build_buffer(cfg: Config, progress: bool = True) -> dict:
+    """Build (or finish) RUN_DIR/buffer; returns the completed manifest."""
+    import ray
+    from tqdm import tqdm
+
+    from cropi.ray_utils import ray_session
+    from cropi.rollout.worker import start_workers
+
+    check_model_dir(cfg.model.path)
+    load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
+    train, val = load_data(cfg)
+    specs = plan_shards(cfg, train, val)
+    bdir = claim_buffer(cfg, specs)
+    todo = [s for s in specs if not (bdir / s.relpath).is_file()]
+    t0 = time.time()
+    if todo:
+        with ray_session(cfg):
+            workers = start_workers(cfg, str(Path(cfg.model.path).resolve()))
+            bar = tqdm(total=sum(len(s.rows) for s in specs), initial=sum(len(s.rows) for s in specs if s not in todo),
+                       desc="buffer prompts", unit="prompt", disable=not progress)
+            pending, queue = {}, list(todo)
+            idle = list(workers)
+            while queue or pending:
+                while queue and idle:
+                    w, spec = idle.pop(), queue.pop(0)
+                    pending[w.build_shard.remote(spec, str(bdir / spec.relpath))] = (w, spec)
+                done, _ = ray.wait(list(pending), num_returns=1)
+                w, spec = pending.pop(done[0])
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayActorError as e:
+                    raise CropiError(f"rollout worker died while building {spec.relpath} ({type(e).__name__}); "
+                                     "rerun the same command to resume: complete shards are kept") from None
+                bar.update(len(spec.rows))
+                idle.append(w)
+            bar.close()
+    manifest = read_manifest(bdir)
+    manifest.update(summarise(bdir), complete=True)
+    manifest.setdefault("build_seconds", []).append(round(time.time() - t0, 2))
+    write_json_atomic(bdir / "manifest.json", manifest)
+    return manifest

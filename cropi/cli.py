@@ -2,6 +2,7 @@
 
   cropi make-base-model CONFIG     build the tiny tokenizer + model and warm-start it
   cropi rollout CONFIG             build the offline trajectory buffer
+  cropi train CONFIG --phase M     one GRPO phase on the phase's selection
   cropi config-reference           print the config reference (markdown) from the dataclasses
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cropi.errors import CropiError
 
@@ -52,6 +54,38 @@ def cmd_rollout(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import pyarrow.parquet as pq
+
+    from cropi.config import load_config
+    from cropi.data.suite import load_data
+    from cropi.layout import phase_dir, phase_start_checkpoint
+    from cropi.model.loading import check_model_dir
+    from cropi.ray_utils import ray_session
+    from cropi.trainer.phase import run_phase
+
+    cfg = load_config(args.config, args.overrides)
+    start = phase_start_checkpoint(cfg, args.phase)
+    check_model_dir(start)
+    pool, val = load_data(cfg)
+    pdir = phase_dir(cfg, args.phase)
+    sel_path = Path(args.selection) if args.selection else pdir / "selection.parquet"
+    if args.selection == "all":
+        selected = [r.prompt_id for r in pool]
+    else:
+        if not sel_path.is_file():
+            raise CropiError(f"selection file {sel_path} does not exist: run `cropi select` first, "
+                             "or pass --selection FILE (or --selection all)")
+        t = pq.read_table(sel_path).to_pylist()
+        if t and "prompt_id" not in t[0]:
+            raise CropiError(f"selection file {sel_path} has no prompt_id column")
+        selected = [r["prompt_id"] for r in t if r.get("selected", True)]
+    with ray_session(cfg):
+        summary = run_phase(cfg, args.phase, args.steps or cfg.trainer.steps_per_phase, pool, selected, val, start, pdir)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """What `make demo` runs: the base model's per-validation-set pass rates."""
     from cropi.config import load_config
@@ -83,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_make_base_model)
     p = _with_config(sub.add_parser("rollout", help="build the offline trajectory buffer (vLLM workers on Ray)"))
     p.set_defaults(fn=cmd_rollout)
+    p = _with_config(sub.add_parser("train", help="run one GRPO phase on a selection (DeepSpeed ranks + vLLM on Ray)"))
+    p.add_argument("--phase", type=int, required=True, help="phase M: starts from phase M-1's checkpoint")
+    p.add_argument("--steps", type=int, default=0, help="GRPO steps E (default trainer.steps_per_phase)")
+    p.add_argument("--selection", default="", help="selection Parquet (prompt_id, selected), or 'all'; "
+                   "default RUN_DIR/phase-M/selection.parquet")
+    p.set_defaults(fn=cmd_train)
     p = _with_config(sub.add_parser("demo", help="run the demo on the tiny model"))
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("config-reference", help="print the config reference as markdown")

@@ -182,6 +182,7 @@ class TrainerConfig:
     batch_prompts: int = _f(8, "Prompts per GRPO step, B (paper: 128).")
     group_size: int = _f(8, "Rollouts per prompt, G (paper: 8).")
     lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).")
+    adam_eps: float = _f(1e-8, "AdamW epsilon.")
     kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).")
     eps_low: float = _f(0.2, "Lower clip range of the ratio.")
     eps_high: float = _f(0.2, "Upper clip range of the ratio.")
@@ -193,12 +194,16 @@ class TrainerConfig:
     num_cpus_per_worker: float = _f(0.5, "CPUs a trainer rank reserves.")
     num_gpus_per_worker: float = _f(0.0, "GPUs a trainer rank reserves.")
     sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.")
-    eval_every: int = _f(10, "Validation pass@1 every this many steps.")
+    eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).")
+    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at the rollout temperature).")
+    save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.")
 
     def validate(self) -> None:
-        for name in ("steps_per_phase", "batch_prompts", "group_size", "world_size", "sync_every", "eval_every"):
+        for name in ("steps_per_phase", "batch_prompts", "group_size", "world_size", "sync_every", "eval_every",
+                     "eval_samples", "save_every"):
             _require(getattr(self, name) >= 1, f"trainer.{name}", f"must be >= 1, got {getattr(self, name)}")
         _require(self.lr > 0, "trainer.lr", f"must be > 0, got {self.lr}")
+        _require(self.adam_eps > 0, "trainer.adam_eps", f"must be > 0, got {self.adam_eps}")
         _require(self.kl_coef >= 0, "trainer.kl_coef", f"must be >= 0, got {self.kl_coef}")
         _require(self.eps_low >= 0 and self.eps_high >= 0, "trainer.eps_low", "clip ranges must be >= 0")
         _require(self.adv_norm in ("group", "batch", "none"), "trainer.adv_norm",
@@ -256,6 +261,11 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     expected = hints[annotation] if isinstance(annotation, str) else annotation
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads '3e-4' as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if expected is int and isinstance(value, bool):
         raise ConfigError(f"config field {name}: expected int, got bool {value!r}")
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):

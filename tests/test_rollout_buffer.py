@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from cropi.config import load_config
 from cropi.data.rewards import exact_integer
+from cropi.data.suite import load_data
 from cropi.errors import CropiError
 from cropi.rollout.buffer import plan_shards, read_split
 
@@ -35,6 +35,9 @@ def test_buffer_with_two_workers_is_correct(tiny_model, tmp_path):
     cfg = small_cfg(tmp_path, "rollout.num_workers=2", "rollout.num_cpus_per_worker=1")
     manifest = build_buffer(cfg, progress=False)
     tok = load_tokenizer(tiny_model)
+    pool, val = load_data(cfg)
+    truth = {("train", r.prompt_id): r.ground_truth for r in pool}
+    truth.update({(f"val/{n}", r.prompt_id): r.ground_truth for n, rows in val.items() for r in rows})
     assert manifest["complete"] and set(manifest["splits"]) == {"train", "val/add", "val/mul"}
     bdir = Path(cfg.run.dir) / "buffer"
     for split, n_prompts, k in [("train", 40, 4), ("val/add", 6, 6), ("val/mul", 6, 6)]:
@@ -46,7 +49,7 @@ def test_buffer_with_two_workers_is_correct(tiny_model, tmp_path):
         groups = {}
         for r in t:
             # the reward is a re-evaluation of the stored text, which is the decoding of the stored ids
-            assert r["reward"] == exact_integer(r["response_text"], _truth(tmp_path, split, r["prompt_id"]))
+            assert r["reward"] == exact_integer(r["response_text"], truth[split, r["prompt_id"]])
             assert tok.decode(r["response_ids"], skip_special_tokens=True) == r["response_text"]
             lp, hf = np.array(r["vllm_logp"]), np.array(r["behavior_logp"])
             assert len(lp) == len(hf) == len(r["response_ids"]) >= 1
@@ -72,11 +75,6 @@ def test_buffer_with_two_workers_is_correct(tiny_model, tmp_path):
     # the same run directory with another buffer config is refused, not mixed
     with pytest.raises(CropiError, match="different config"):
         build_buffer(small_cfg(tmp_path, "rollout.k_train=5"), progress=False)
-
-
-def _truth(tmp_path, split, prompt_id):
-    name = "train" if split == "train" else "val_" + split.split("/")[1]
-    return pq.read_table(tmp_path / "tasks" / f"{name}.parquet").to_pylist()[prompt_id]["reward_model"]["ground_truth"]
 
 
 def _worker_pids():

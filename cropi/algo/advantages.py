@@ -3,7 +3,7 @@
 For a group of G rollouts of one prompt with rewards r_1..r_G:
     A_i = (r_i - mean(r)) / (scale + eps)
 scale is the group's std ('group', GRPO and the CROPI buffer), the whole batch's std ('batch'),
-or 1 ('none', Dr. GRPO). std is the population std (divide by G), so a group of equal rewards
+or nothing ('none', Dr. GRPO: A = r - mean, no eps). std is the population std (divide by G), so a group of equal rewards
 has A = 0 exactly, whatever the scale.
 """
 
@@ -22,7 +22,7 @@ def group_advantages(rewards: torch.Tensor, norm: str = "group", eps: float = 1e
     elif norm == "batch":
         scale = rewards.std(unbiased=False).expand_as(centred)
     elif norm == "none":
-        scale = torch.ones_like(centred)
+        return centred, mean, std
     else:
         raise ValueError(f"unknown advantage norm {norm!r}; choose group, batch or none")
     return centred / (scale + eps), mean, std

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,10 +16,11 @@ def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
     d = cfg.data
     if not d.synthetic:
         return Path(d.train_path), {name: Path(p) for name, p in d.val_paths.items()}
-    out = Path(d.data_dir)
-    stamp = out / "suite.json"
     want = {"families": d.families, "train_size": d.train_size, "val_size": d.val_size, "seed": cfg.run.seed}
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == want):
+    key = hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(d.data_dir) / f"suite-{key}"  # one folder per suite: configs never overwrite each other's data
+    stamp = out / "suite.json"
+    if not stamp.is_file():
         write_suite(out, d.families, d.train_size, d.val_size, cfg.run.seed)
         stamp.write_text(json.dumps(want))
     return out / "train.parquet", {fam: out / f"val_{fam}.parquet" for fam in d.families}

@@ -1,0 +1,43 @@
+"""Getting full weights out of a DeepSpeed engine: for vLLM weight sync and HF checkpoints."""
+
+from __future__ import annotations
+
+
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full, unsharded parameters (ZeRO-3 gathers them; stages 0-2 keep them whole on every rank)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+    return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+
+
+def to_safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    # clone: safetensors refuses tensors that share storage (tied embeddings)
+    return save({k: v.contiguous().clone() for k, v in sd.items()})
+
+
+def save_hf_checkpoint(module, sd: dict[str, torch.Tensor], directory: str | Path, tokenizer_from: str | Path) -> None:
+    """save_pretrained + tokenizer, written to DIR.partial then renamed: a checkpoint that exists is whole."""
+    from transformers import AutoTokenizer
+
+    out = Path(directory)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.save_pretrained(tmp, state_dict=sd)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+

@@ -1,0 +1,87 @@
+"""`TrainerRank`: one DeepSpeed data-parallel rank as a Ray actor (a thin shell).
+
+The group of W ranks owns its own torch.distributed process group (gloo on CPU, NCCL on GPU),
+set up from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; DeepSpeed ZeRO (stage from config) wraps
+the model with the client optimizer torch AdamW (DeepSpeed's own Adam would compile 1-2 min of
+C++ on CPU). Every rank also holds the frozen reference model for the KL term.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from cropi.config import Config
+
+
+@ray.remote
+class TrainerRank:
+    def __init__(self, cfg: Config, rank: int, world_size: int):
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0's answer is the group's MASTER_ADDR/PORT."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int, init_path: str, ref_path: str) -> None:
+        cfg, rank, world_size = self.cfg, self.rank, self.world
+        cpu = cfg.resources.device == "cpu"
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr,
+                           "MASTER_PORT": str(master_port), "LOCAL_RANK": str(rank) if cpu else "0"})
+        if cpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed
+        import torch
+
+        from cropi.model.loading import load_model
+
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+        torch.manual_seed(cfg.run.seed)
+        self.device = "cpu" if cpu else "cuda"
+        model = load_model(init_path, cfg.model.dtype, self.device)
+        model.config.use_cache = False
+        self.ref = load_model(ref_path, cfg.model.dtype, self.device).eval().requires_grad_(False)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "train_batch_size": world_size, "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": cfg.trainer.zero_stage},
+            "bf16": {"enabled": cfg.model.dtype == "bfloat16"}, "fp16": {"enabled": cfg.model.dtype == "float16"},
+            "steps_per_print": 10**9, "wall_clock_breakdown": False,
+        }
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, eps=cfg.trainer.adam_eps, weight_decay=0.0)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
+
+    def train_step(self, shard: dict, global_norm: float) -> dict:
+        """One optimizer step; `shard` is this rank's part of the global batch."""
+        from cropi.trainer.step import grpo_step
+
+        return grpo_step(self.engine, self.ref, shard, self.cfg.trainer, global_norm, self.world, self.device)
+
+    def save_state(self, directory: str, step: int) -> None:
+        """DeepSpeed checkpoint (model, optimizer, step) to resume mid-phase; collective."""
+        self.engine.save_checkpoint(directory, tag=f"step-{step}", client_state={"step": step})
+
+    def load_state(self, directory: str, tag: str) -> int:
+        _, client = self.engine.load_checkpoint(directory, tag=tag)
+        return int(client["step"])
+
+    def state_dict_bytes(self) -> bytes | None:
+        """Rank 0: the full weights as safetensors bytes (for vLLM sync and HF export); collective."""
+        from cropi.trainer.export import gathered_state_dict, to_safetensors_bytes
+
+        sd = gathered_state_dict(self.engine, self.cfg.trainer.zero_stage)
+        return to_safetensors_bytes(sd) if self.rank == 0 else None
+
+    def save_hf(self, directory: str, tokenizer_from: str) -> None:
+        """Rank 0 writes a Hugging Face checkpoint; collective (ZeRO-3 gathers)."""
+        from cropi.trainer.export import gathered_state_dict, save_hf_checkpoint
+
+        sd = gathered_state_dict(self.engine, self.cfg.trainer.zero_stage)
+        if self.rank == 0:
+            save_hf_checkpoint(self.engine.module, sd, directory, tokenizer_from)

@@ -2,6 +2,7 @@
 
   cropi make-base-model CONFIG     build the tiny tokenizer + model and warm-start it
   cropi rollout CONFIG             build the offline trajectory buffer
+  cropi select CONFIG --phase M    select phase M's subset from its influence output
   cropi train CONFIG --phase M     one GRPO phase on the phase's selection
   cropi config-reference           print the config reference (markdown) from the dataclasses
 """
@@ -86,6 +87,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from cropi.config import load_config
+    from cropi.data.suite import load_data
+    from cropi.ray_utils import ray_session
+    from cropi.selection.actor import run_selector
+
+    cfg = load_config(args.config, args.overrides)
+    pool, _ = load_data(cfg)
+    with ray_session(cfg):
+        s = run_selector(cfg, args.phase, pool)
+    print(f"phase {args.phase}: selected {s['selected']} of {s['pool_size']} prompts "
+          f"({s['zero_grad']} with zero gradient) by {s['fusion']} over {s['sets']} in {s['seconds']} s")
+    fam = s["composition"]["family"]
+    for name, c in fam.items():
+        print(f"  {name:>12}: {c['selected']:5d} selected = {c['selected_frac']:6.1%} of the selection "
+              f"(pool share {c['pool_frac']:6.1%}, zero-gradient {c['zero_grad']})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """What `make demo` runs: the base model's per-validation-set pass rates."""
     from cropi.config import load_config
@@ -117,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_make_base_model)
     p = _with_config(sub.add_parser("rollout", help="build the offline trajectory buffer (vLLM workers on Ray)"))
     p.set_defaults(fn=cmd_rollout)
+    p = _with_config(sub.add_parser("select", help="score, fuse and select phase M's subset (Selector actor)"))
+    p.add_argument("--phase", type=int, required=True)
+    p.set_defaults(fn=cmd_select)
     p = _with_config(sub.add_parser("train", help="run one GRPO phase on a selection (DeepSpeed ranks + vLLM on Ray)"))
     p.add_argument("--phase", type=int, required=True, help="phase M: starts from phase M-1's checkpoint")
     p.add_argument("--steps", type=int, default=0, help="GRPO steps E (default trainer.steps_per_phase)")

@@ -2,8 +2,11 @@
 
   cropi make-base-model CONFIG     build the tiny tokenizer + model and warm-start it
   cropi rollout CONFIG             build the offline trajectory buffer
+  cropi influence CONFIG --phase M gradient actors score every prompt against theta_M
   cropi select CONFIG --phase M    select phase M's subset from its influence output
   cropi train CONFIG --phase M     one GRPO phase on the phase's selection
+  cropi run CONFIG [--method M]    the whole loop: buffer, then per phase influence, select, train
+  cropi status RUN_DIR / cropi report RUN_DIR
   cropi config-reference           print the config reference (markdown) from the dataclasses
 """
 
@@ -87,6 +90,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_influence(args) -> int:
+    from cropi.config import load_config
+    from cropi.influence.actor import run_influence
+    from cropi.ray_utils import ray_session
+
+    cfg = load_config(args.config, args.overrides)
+    with ray_session(cfg):
+        m = run_influence(cfg, args.phase)
+    print(f"phase {args.phase}: {m['mode']} influence over {m['num_train_shards']} shards against {m['sets']} "
+          f"in {m['seconds']} s; zero-gradient prompts {m['zero_grad_prompts']}; "
+          f"KL(pi_theta || beta) on the buffer {m['kl_drift']:.4f}" + (" (STALE)" if m["buffer_stale"] else ""))
+    return 0
+
+
 def cmd_select(args) -> int:
     from cropi.config import load_config
     from cropi.data.suite import load_data
@@ -106,19 +123,49 @@ def cmd_select(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """What `make demo` runs: the base model's per-validation-set pass rates."""
+def cmd_run(args) -> int:
+    """The whole loop (or a baseline) on local Ray or the cluster at RAY_ADDRESS, then the report."""
+    import time
+
     from cropi.config import load_config
-    from cropi.model.base_model import read_marker
-    from cropi.model.loading import check_model_dir
+    from cropi.loop import run_loop
+    from cropi.report import write_report
 
     cfg = load_config(args.config, args.overrides)
+    t0 = time.time()
+    result = run_loop(cfg, args.method)
+    report = write_report(cfg.run.dir)
+    print(json.dumps({**result, "wall_seconds": round(time.time() - t0, 1), "report": str(report)}, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """What `make demo` runs: the base model's pass rates, then the whole CROPI loop and its report."""
+    from cropi.config import load_config
+    from cropi.model.base_model import read_marker
+
+    cfg = load_config(args.config, args.overrides)
+    from cropi.model.loading import check_model_dir
+
     check_model_dir(cfg.model.path)
     marker = read_marker(cfg.model.path) or {}
-    print(f"base model {cfg.model.path}: {marker.get('num_parameters', '?')} parameters, "
-          f"built in {marker.get('build_seconds', '?')} s")
-    for name, rate in (marker.get("pass_rates") or {}).items():
-        print(f"  validation set {name:>6}: pass rate {rate:.3f} at temperature {cfg.rollout.temperature}")
+    print(f"base model {cfg.model.path}: {marker.get('num_parameters', '?')} parameters, pass rates "
+          + " ".join(f"{k}={v:.3f}" for k, v in (marker.get("pass_rates") or {}).items()))
+    args.method = "cropi"
+    return cmd_run(args)
+
+
+def cmd_status(args) -> int:
+    from cropi.status import run_status
+
+    print(run_status(args.run_dir))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cropi.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
     return 0
 
 
@@ -137,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_make_base_model)
     p = _with_config(sub.add_parser("rollout", help="build the offline trajectory buffer (vLLM workers on Ray)"))
     p.set_defaults(fn=cmd_rollout)
+    p = _with_config(sub.add_parser("influence", help="per-prompt off-policy gradients for phase M (GradientActors)"))
+    p.add_argument("--phase", type=int, required=True)
+    p.set_defaults(fn=cmd_influence)
     p = _with_config(sub.add_parser("select", help="score, fuse and select phase M's subset (Selector actor)"))
     p.add_argument("--phase", type=int, required=True)
     p.set_defaults(fn=cmd_select)
@@ -146,8 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", default="", help="selection Parquet (prompt_id, selected), or 'all'; "
                    "default RUN_DIR/phase-M/selection.parquet")
     p.set_defaults(fn=cmd_train)
-    p = _with_config(sub.add_parser("demo", help="run the demo on the tiny model"))
+    p = _with_config(sub.add_parser("run", help="the whole CROPI loop (or a baseline) as one Ray job"))
+    p.add_argument("--method", default="cropi", choices=["cropi", "full", "random"],
+                   help="cropi (influence-guided), full (whole pool) or random (random alpha per phase)")
+    p.set_defaults(fn=cmd_run)
+    p = _with_config(sub.add_parser("demo", help="the tiny demo: base model pass rates, then cropi run"))
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("status", help="print where a run stands")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("report", help="write PNG plots and a markdown summary under RUN_DIR/report")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("config-reference", help="print the config reference as markdown")
     p.set_defaults(fn=cmd_config_reference)
     return parser

@@ -109,7 +109,7 @@ class RolloutConfig:
     top_p: float = _f(1.0, "Nucleus sampling cut-off.")
     max_new_tokens: int = _f(8, "Longest response, tokens.")
     max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).")
-    shard_size: int = _f(256, "Prompts per buffer shard (the unit of resume).")
+    shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).")
     hf_recompute: bool = _f(True, "Also recompute behavior log-probs with a Hugging Face forward pass (the gradient engine's numerics); vLLM's are kept too.")
     num_cpus_per_worker: float = _f(1.0, "CPUs a rollout worker reserves.")
     num_gpus_per_worker: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).")
@@ -144,7 +144,6 @@ class InfluenceConfig:
     num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).")
     num_cpus_per_actor: float = _f(1.0, "CPUs a gradient actor reserves.")
     num_gpus_per_actor: float = _f(0.0, "GPUs a gradient actor reserves.")
-    shard_size: int = _f(256, "Training prompts per gradient shard (the unit of resume).")
     kl_refresh_threshold: float = _f(0.5, "Drift monitor: mean per-token KL(pi_theta || beta) above this flags the buffer stale.")
 
     def validate(self) -> None:
@@ -159,7 +158,6 @@ class InfluenceConfig:
                  f"must be float32, bfloat16 or float16, got {self.grad_dtype!r}")
         _require(self.batch_prompts >= 1, "influence.batch_prompts", "must be >= 1")
         _require(self.num_actors >= 1, "influence.num_actors", "must be >= 1")
-        _require(self.shard_size >= 1, "influence.shard_size", "must be >= 1")
 
 
 @dataclass

@@ -59,16 +59,16 @@ def _latest_tag(state_dir: Path) -> str | None:
 
 
 def run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selected: list[int],
-              val: dict[str, list[PromptRow]], start_ckpt: str, phase_dir: Path, log=print) -> dict:
+              val: dict[str, list[PromptRow]], start_ckpt: str, phase_dir: Path, log=print, on_step=None) -> dict:
     try:
-        return _run_phase(cfg, phase, steps, pool, selected, val, start_ckpt, phase_dir, log)
+        return _run_phase(cfg, phase, steps, pool, selected, val, start_ckpt, phase_dir, log, on_step or (lambda m: None))
     except ray.exceptions.RayActorError as e:
         raise CropiError(f"phase {phase}: a trainer rank or rollout worker died ({type(e).__name__}); rerun the "
                          f"same command to resume from the last DeepSpeed checkpoint in {phase_dir / 'trainer_state'}") from None
 
 
 def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selected: list[int],
-               val: dict[str, list[PromptRow]], start_ckpt: str, phase_dir: Path, log=print) -> dict:
+               val: dict[str, list[PromptRow]], start_ckpt: str, phase_dir: Path, log, on_step) -> dict:
     from cropi.model.loading import load_tokenizer
     from cropi.rollout.worker import start_workers
     from cropi.trainer.group import TrainerGroup
@@ -98,7 +98,9 @@ def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selec
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in lines))
     if step0 == 0:
         ev = evaluate(workers, val, cfg, 0)
-        _append(metrics_path, {"phase": phase, "step": 0, **{f"val_pass@1/{k}": v for k, v in ev.items()}})
+        m0 = {"phase": phase, "step": 0, **{f"val_pass@1/{k}": v for k, v in ev.items()}}
+        _append(metrics_path, m0)
+        on_step(m0)
         log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     for step in range(step0 + 1, steps + 1):
         timing = {}
@@ -147,6 +149,7 @@ def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selec
         if step % t.save_every == 0 or step == steps:
             group.save_state(str(state_dir), step)
         _append(metrics_path, m)
+        on_step(m)
         log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
             f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
     ckpt = phase_dir / "checkpoint"

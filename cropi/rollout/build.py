@@ -17,6 +17,7 @@ def build_buffer(cfg: Config, progress: bool = True) -> dict:
     import ray
     from tqdm import tqdm
 
+    from cropi.placement import workers_placement
     from cropi.ray_utils import ray_session
     from cropi.rollout.worker import start_workers
 
@@ -29,7 +30,9 @@ def build_buffer(cfg: Config, progress: bool = True) -> dict:
     t0 = time.time()
     if todo:
         with ray_session(cfg):
-            workers = start_workers(cfg, str(Path(cfg.model.path).resolve()))
+            ro = cfg.rollout
+            place = workers_placement(ro.num_workers, ro.num_cpus_per_worker, ro.num_gpus_per_worker, "buffer")
+            workers = start_workers(cfg, str(Path(cfg.model.path).resolve()), place, list(range(ro.num_workers)))
             bar = tqdm(total=sum(len(s.rows) for s in specs), initial=sum(len(s.rows) for s in specs if s not in todo),
                        desc="buffer prompts", unit="prompt", disable=not progress)
             pending, queue = {}, list(todo)
@@ -48,6 +51,9 @@ def build_buffer(cfg: Config, progress: bool = True) -> dict:
                 bar.update(len(spec.rows))
                 idle.append(w)
             bar.close()
+            for w in workers:
+                ray.kill(w)
+            place.remove()
     manifest = read_manifest(bdir)
     manifest.update(summarise(bdir), complete=True)
     manifest.setdefault("build_seconds", []).append(round(time.time() - t0, 2))

@@ -14,6 +14,7 @@ def response_logprobs(model, prompt_ids: list[list[int]], response_ids: list[lis
                       batch_size: int = 64) -> list[list[float]]:
     """log p(response_t | prompt, response_<t) for every response token of every sequence."""
     out: list[list[float]] = []
+    device = next(model.parameters()).device
     for start in range(0, len(prompt_ids), batch_size):
         ps, rs = prompt_ids[start:start + batch_size], response_ids[start:start + batch_size]
         seqs = [p + r for p, r in zip(ps, rs)]
@@ -23,7 +24,7 @@ def response_logprobs(model, prompt_ids: list[list[int]], response_ids: list[lis
         for i, s in enumerate(seqs):  # right padding: positions stay 0..len-1
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()  # [B, L, V]
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()  # [B, L, V]
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # [B, L-1]
         for i, (p, r) in enumerate(zip(ps, rs)):
             out.append(logp[i, len(p) - 1: len(p) - 1 + len(r)].tolist())

@@ -31,7 +31,8 @@ class RolloutWorker:
         from cropi.rollout.shard import build_shard_table
 
         if self.cfg.rollout.hf_recompute and self.hf_model is None:
-            self.hf_model = load_model(self.model_path, self.cfg.model.dtype).eval()
+            device = "cuda" if self.cfg.resources.device == "cuda" else "cpu"
+            self.hf_model = load_model(self.model_path, self.cfg.model.dtype, device).eval()
         table = build_shard_table(self.cfg, spec, self.llm, self.tok, self.reward_fn, self.hf_model)
         atomic_write_table(table, Path(out_path))
         return {"split": spec.split, "index": spec.index, "prompts": len(spec.rows), "trajectories": table.num_rows}
@@ -76,10 +77,11 @@ class RolloutWorker:
         return os.getpid()
 
 
-def start_workers(cfg: Config, model_path: str, tag: str = "buffer") -> list:
+def start_workers(cfg: Config, model_path: str, placement, bundles: list[int], tag: str = "buffer") -> list:
+    """One RolloutWorker per bundle index, each in its bundle of `placement` (cropi.placement)."""
     ro = cfg.rollout
     return [RolloutWorker.options(
         name=f"cropi-rollout-{tag}-{i}", num_cpus=ro.num_cpus_per_worker, num_gpus=ro.num_gpus_per_worker,
         runtime_env={"env_vars": engine_env(cfg)}, max_restarts=ro.max_restarts,
-        max_task_retries=ro.max_restarts,
-    ).remote(cfg, model_path, i) for i in range(ro.num_workers)]
+        max_task_retries=ro.max_restarts, scheduling_strategy=placement.strategy(b),
+    ).remote(cfg, model_path, i) for i, b in enumerate(bundles)]

@@ -16,12 +16,21 @@ from cropi.trainer.rank import TrainerRank
 
 
 class TrainerGroup:
-    def __init__(self, cfg: Config, init_path: str, ref_path: str, tag: str = "0"):
+    def __init__(self, cfg: Config, init_path: str, ref_path: str, tag: str = "0", placement=None,
+                 bundles: list[int] | None = None):
+        """Ranks go into `placement`'s `bundles` (cropi.placement); without one, into a group of their own."""
+        from cropi.placement import workers_placement
+
         t = cfg.trainer
+        self.own_placement = placement is None
+        if placement is None:
+            placement = workers_placement(t.world_size, t.num_cpus_per_worker, t.num_gpus_per_worker, "trainer group")
+            bundles = list(range(t.world_size))
+        self.placement = placement
         env = {"DS_ACCELERATOR": "cpu"} if cfg.resources.device == "cpu" else {}
         self.ranks = [TrainerRank.options(
             name=f"cropi-trainer-{tag}-rank{r}", num_cpus=t.num_cpus_per_worker, num_gpus=t.num_gpus_per_worker,
-            runtime_env={"env_vars": env},
+            runtime_env={"env_vars": env}, scheduling_strategy=placement.strategy(bundles[r]),
         ).remote(cfg, r, t.world_size) for r in range(t.world_size)]
         addr, port = ray.get(self.ranks[0].address.remote())
         ray.get([r.setup.remote(addr, port, init_path, ref_path) for r in self.ranks])
@@ -44,3 +53,5 @@ class TrainerGroup:
     def shutdown(self) -> None:
         for r in self.ranks:
             ray.kill(r)
+        if self.own_placement:
+            self.placement.remove()

@@ -70,6 +70,7 @@ def run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], select
 def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selected: list[int],
                val: dict[str, list[PromptRow]], start_ckpt: str, phase_dir: Path, log, on_step) -> dict:
     from cropi.model.loading import load_tokenizer
+    from cropi.placement import training_placement
     from cropi.rollout.worker import start_workers
     from cropi.trainer.group import TrainerGroup
 
@@ -83,8 +84,10 @@ def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selec
     phase_dir.mkdir(parents=True, exist_ok=True)
     state_dir, metrics_path = phase_dir / "trainer_state", phase_dir / "train_metrics.jsonl"
     t_start = time.time()
-    workers = start_workers(cfg, start_ckpt, tag=f"phase{phase}")
-    group = TrainerGroup(cfg, start_ckpt, str(Path(cfg.model.path).resolve()), tag=str(phase))
+    place, rank_bundles, worker_bundles = training_placement(cfg)
+    workers = start_workers(cfg, start_ckpt, place, worker_bundles, tag=f"phase{phase}")
+    group = TrainerGroup(cfg, start_ckpt, str(Path(cfg.model.path).resolve()), tag=str(phase),
+                         placement=place, bundles=rank_bundles)
     startup = time.time() - t_start
     step0, tag = 0, _latest_tag(state_dir)
     if tag is not None:
@@ -157,6 +160,7 @@ def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selec
     group.shutdown()
     for w in workers:
         ray.kill(w)
+    place.remove()
     all_m = [json.loads(x) for x in metrics_path.read_text().splitlines()]
     summary = {"phase": phase, "steps": steps, "resumed_from_step": step0, "startup_seconds": startup,
                "wall_seconds": time.time() - t_start, "checkpoint": str(ckpt),

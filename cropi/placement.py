@@ -1,0 +1,80 @@
+"""Placement groups from the config's resources: where each stage's actors go.
+
+Each stage reserves its actors' resources at once in one placement group, so a stage either gets
+everything it needs or fails with a clear error instead of half-starting:
+
+- buffer: one bundle per rollout worker;
+- influence: one bundle per gradient actor;
+- training: trainer ranks and the rollout workers that feed them, arranged by
+  `resources.placement`:
+    split   every rank and every rollout worker has a bundle of its own (their GPUs are disjoint);
+    shared  rank i and rollout worker i share bundle i: with fractional GPU requests (e.g.
+            trainer.num_gpus_per_worker 0.5, rollout.num_gpus_per_worker 0.5) the vLLM engine and
+            the DeepSpeed rank sit on the same GPU, as in a colocated ("hybrid") engine.
+Stages run one after another and release their group when done, so they reuse the same slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cropi.config import Config
+from cropi.errors import CropiError
+
+
+@dataclass
+class Placement:
+    group: object  # ray.util.placement_group.PlacementGroup
+    bundles: list[dict]
+
+    def strategy(self, bundle: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return PlacementGroupSchedulingStrategy(placement_group=self.group, placement_group_bundle_index=bundle)
+
+    def remove(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(self.group)
+
+
+def _bundle(cpus: float, gpus: float) -> dict:
+    b = {"CPU": float(cpus)}
+    if gpus > 0:
+        b["GPU"] = float(gpus)
+    return b
+
+
+def reserve(bundles: list[dict], what: str, timeout_s: float = 120.0) -> Placement:
+    import ray
+    from ray.util.placement_group import placement_group
+
+    pg = placement_group(bundles, strategy="PACK", name="")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+        total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+        raise CropiError(f"{what}: the cluster cannot provide {len(bundles)} bundles {bundles} "
+                         f"(total {total}) within {timeout_s:.0f} s; available now: {ray.available_resources()}. "
+                         "Lower the actor counts or resources in the config.")
+    return Placement(pg, bundles)
+
+
+def workers_placement(count: int, cpus: float, gpus: float, what: str, timeout_s: float = 120.0) -> Placement:
+    return reserve([_bundle(cpus, gpus) for _ in range(count)], what, timeout_s)
+
+
+def training_placement(cfg: Config) -> tuple[Placement, list[int], list[int]]:
+    """(placement, bundle of each trainer rank, bundle of each rollout worker)."""
+    t, ro = cfg.trainer, cfg.rollout
+    w, n = t.world_size, ro.num_workers
+    if cfg.resources.placement == "split":
+        bundles = [_bundle(t.num_cpus_per_worker, t.num_gpus_per_worker) for _ in range(w)] + \
+                  [_bundle(ro.num_cpus_per_worker, ro.num_gpus_per_worker) for _ in range(n)]
+        return reserve(bundles, "training (split)"), list(range(w)), list(range(w, w + n))
+    size = max(w, n)
+    bundles = [_bundle(t.num_cpus_per_worker * (i < w) + ro.num_cpus_per_worker * (i < n),
+                       t.num_gpus_per_worker * (i < w) + ro.num_gpus_per_worker * (i < n)) for i in range(size)]
+    return reserve(bundles, "training (shared)"), list(range(w)), list(range(n))

@@ -26,3 +26,19 @@ def ray_session(cfg: Config, dashboard: bool = False):
         yield
     finally:
         ray.shutdown()
+
+
+def get(refs):
+    """ray.get, but a CropiError raised inside an actor surfaces as itself (a clean message that
+    names the row or file), not wrapped in a RayTaskError traceback."""
+    import ray
+
+    from cropi.errors import CropiError
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CropiError):
+            raise type(cause)(str(cause)) from None
+        raise

@@ -125,6 +125,12 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tiny_model, tmp_path):
     with pytest.raises(CropiError, match="not valid JSON"):
         build_buffer(small_cfg(tmp_path, f"model.path={tmp_path / 'broken'}"), progress=False)
     assert not (tmp_path / "run").exists()
+    # a reward function that fails on a row: the error names it, and no buffer is left behind
+    with pytest.raises(CropiError, match=r"reward function 'truediv' failed on train prompt \d+: TypeError"):
+        build_buffer(small_cfg(tmp_path, "data.reward_fn=operator:truediv"), progress=False)
+    assert not (tmp_path / "run" / "buffer").exists()
+    with pytest.raises(CropiError, match="cannot import module 'no_such'"):
+        build_buffer(small_cfg(tmp_path, "data.reward_fn=no_such:f"), progress=False)
     with pytest.raises(CropiError, match="training prompt list is empty"):
         plan_shards(small_cfg(tmp_path), [], {})
     empty = tmp_path / "empty.jsonl"

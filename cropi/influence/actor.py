@@ -32,6 +32,7 @@ import ray
 
 from cropi.config import Config
 from cropi.errors import CropiError
+from cropi.ray_utils import get
 
 BUFFER_COLUMNS = ["prompt_id", "prompt_ids", "response_ids", "behavior_logp", "advantage", "group_std"]
 
@@ -180,7 +181,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     try:
         val_ref, val_info = None, {}
         if inf.mode == "exact":
-            grads = ray.get([actors[i % len(actors)].val_gradient.remote(
+            grads = get([actors[i % len(actors)].val_gradient.remote(
                 _val_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed)) for i, s in enumerate(sets)])
             val_grads = dict(zip(sets, grads))
             for s, g in val_grads.items():
@@ -195,7 +196,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
             for i, s in enumerate(sets):
                 out = idir / "val" / s / "shard-00000.parquet"
                 if not out.is_file():
-                    cols = ray.get(actors[i % len(actors)].score_rows.remote(_val_rows(bdir, s, None, 0), None))
+                    cols = get(actors[i % len(actors)].score_rows.remote(_val_rows(bdir, s, None, 0), None))
                     _write_table(to_table(cols), out)
         shards = sorted((bdir / "train").glob("shard-*.parquet"))
         todo = [p for p in shards if not (idir / "train" / p.name).is_file()]
@@ -207,7 +208,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
                 pending[a.score_shard.remote(str(p), str(idir / "train" / p.name), val_ref)] = a
             done, _ = ray.wait(list(pending), num_returns=1)
             a = pending.pop(done[0])
-            ray.get(done[0])
+            get(done[0])
             bar.update(1)
             idle.append(a)
         bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ray
 
 from cropi.config import Config
+from cropi.ray_utils import get
 from cropi.trainer.rank import TrainerRank
 
 
@@ -32,23 +33,23 @@ class TrainerGroup:
             name=f"cropi-trainer-{tag}-rank{r}", num_cpus=t.num_cpus_per_worker, num_gpus=t.num_gpus_per_worker,
             runtime_env={"env_vars": env}, scheduling_strategy=placement.strategy(bundles[r]),
         ).remote(cfg, r, t.world_size) for r in range(t.world_size)]
-        addr, port = ray.get(self.ranks[0].address.remote())
-        ray.get([r.setup.remote(addr, port, init_path, ref_path) for r in self.ranks])
+        addr, port = get(self.ranks[0].address.remote())
+        get([r.setup.remote(addr, port, init_path, ref_path) for r in self.ranks])
 
     def train_step(self, shards: list[dict], global_norm: float) -> list[dict]:
-        return ray.get([r.train_step.remote(s, global_norm) for r, s in zip(self.ranks, shards)])
+        return get([r.train_step.remote(s, global_norm) for r, s in zip(self.ranks, shards)])
 
     def weights(self) -> bytes:
-        return ray.get([r.state_dict_bytes.remote() for r in self.ranks])[0]
+        return get([r.state_dict_bytes.remote() for r in self.ranks])[0]
 
     def save_state(self, directory: str, step: int) -> None:
-        ray.get([r.save_state.remote(directory, step) for r in self.ranks])
+        get([r.save_state.remote(directory, step) for r in self.ranks])
 
     def load_state(self, directory: str, tag: str) -> int:
-        return ray.get([r.load_state.remote(directory, tag) for r in self.ranks])[0]
+        return get([r.load_state.remote(directory, tag) for r in self.ranks])[0]
 
     def save_hf(self, directory: str, tokenizer_from: str) -> None:
-        ray.get([r.save_hf.remote(directory, tokenizer_from) for r in self.ranks])
+        get([r.save_hf.remote(directory, tokenizer_from) for r in self.ranks])
 
     def shutdown(self) -> None:
         for r in self.ranks:

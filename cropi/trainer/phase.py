@@ -23,6 +23,7 @@ from cropi.algo.grpo import normaliser
 from cropi.config import Config
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
+from cropi.ray_utils import get
 from cropi.rollout.buffer import prompt_seed
 
 
@@ -33,7 +34,7 @@ def _split(items: list, n: int) -> list[list]:
 def rollout(workers, rows: list[PromptRow], n: int, temperature: float, seeds: list[int], where: str) -> dict:
     """Spread prompts over the workers and join their results in prompt order."""
     idx = _split(list(range(len(rows))), len(workers))
-    parts = ray.get([w.generate.remote([rows[i] for i in ix], n, temperature, [seeds[i] for i in ix], where)
+    parts = get([w.generate.remote([rows[i] for i in ix], n, temperature, [seeds[i] for i in ix], where)
                      for w, ix in zip(workers, idx) if ix])
     out = {k: [None] * len(rows) for k in ("prompt_ids", "rewards", "response_ids", "logprobs")}
     for ix, part in zip([ix for ix in idx if ix], parts):
@@ -93,7 +94,7 @@ def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selec
     if tag is not None:
         step0 = group.load_state(str(state_dir), tag)
         blob = ray.put(group.weights())
-        ray.get([w.load_weights.remote(blob) for w in workers])
+        get([w.load_weights.remote(blob) for w in workers])
         log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
     # keep the metrics of the steps that the checkpoint covers; the rest are redone
     lines = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
@@ -137,7 +138,7 @@ def _run_phase(cfg: Config, phase: int, steps: int, pool: list[PromptRow], selec
         t0 = time.time()
         if step % t.sync_every == 0 or step == steps:
             blob = ray.put(group.weights())
-            ray.get([w.load_weights.remote(blob) for w in workers])
+            get([w.load_weights.remote(blob) for w in workers])
         timing["sync_seconds"] = time.time() - t0
         m = {"phase": phase, "step": step, "reward_mean": float(rewards.mean()),
              "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,

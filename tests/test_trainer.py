@@ -44,7 +44,7 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
     from cropi.model.loading import load_model, load_tokenizer
     from cropi.placement import workers_placement
     from cropi.rollout.worker import start_workers
-    from cropi.trainer.batch import collate, token_logprobs
+    from cropi.model.sequences import collate, token_logprobs
     from cropi.trainer.group import TrainerGroup
 
     tok = load_tokenizer(tiny_model)

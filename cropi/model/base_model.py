@@ -29,21 +29,12 @@ MARKER = "cropi_base_model.json"
 
 def sft_batch(tok, rows: list[PromptRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) with labels -100 on the prompt and padding."""
-    seqs, labels = [], []
-    for r in rows:
-        p = tok(render_prompt(r.messages, tok))["input_ids"]
-        a = tok(r.ground_truth, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        seqs.append(p + a)
-        labels.append([-100] * len(p) + a)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    lab = torch.full((len(seqs), width), -100)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels)):  # right padding for training
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(s)] = 1
-    return ids, mask, lab
+    from cropi.model.sequences import collate
+
+    prompts = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
+    answers = [tok(r.ground_truth, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
+    ids, mask, target = collate(prompts, answers, tok.pad_token_id)
+    return ids, mask, torch.where(target, ids, torch.full_like(ids, -100))
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 
 from cropi.algo.grpo import aggregate, token_loss
 from cropi.config import TrainerConfig
-from cropi.trainer.batch import collate, token_logprobs
+from cropi.model.sequences import collate, token_logprobs
 
 
 def grpo_step(engine, ref, shard: dict, tcfg: TrainerConfig, global_norm: float, world_size: int, device: str) -> dict:

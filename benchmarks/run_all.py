@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["rollout_throughput", "influence_engine", "rank_preservation", "selection_pool", "trainer_step"]
+BENCHMARKS = ["rollout_throughput", "influence_engine", "rank_preservation", "selection_pool", "trainer_step", "baselines"]
 
 if __name__ == "__main__":
     failed = []

@@ -93,19 +93,29 @@ def load_prompts(path: str | Path) -> list[PromptRow]:
     return [_parse_row(r, f"{p} row {i}", i) for i, r in enumerate(raw)]
 
 
-def atomic_write_table(table: pa.Table, path: str | Path) -> Path:
-    """Write a Parquet file under a temporary name, then rename: readers never see half a file."""
+def _atomic(path: str | Path, write) -> Path:
+    """Call write(tmp_path) on a temporary name beside `path`, then rename: readers never see half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def atomic_write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write a Parquet file atomically."""
+    return _atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write a text file atomically."""
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_rows(rows: list[dict], path: str | Path) -> Path:

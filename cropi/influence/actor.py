@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import ray
 
 from cropi.config import Config
+from cropi.data.dataset import atomic_write_table
 from cropi.errors import CropiError
 from cropi.ray_utils import get
 
@@ -98,8 +99,6 @@ class GradientActor:
         return {k: np.concatenate(v) for k, v in cols.items()}
 
     def score_shard(self, buffer_shard: str, out_path: str, val_grads: dict | None) -> dict:
-        from cropi.data.dataset import atomic_write_table
-
         rows = pq.read_table(buffer_shard, columns=BUFFER_COLUMNS).to_pylist()
         t0 = time.time()
         cols = self.score_rows(rows, val_grads)
@@ -116,12 +115,6 @@ def to_table(cols: dict) -> pa.Table:
         else:
             arrays[k] = pa.array(v)
     return pa.table(arrays)
-
-
-def _write_table(table: pa.Table, path: Path) -> None:
-    from cropi.data.dataset import atomic_write_table
-
-    atomic_write_table(table, path)
 
 
 def _val_rows(bdir: Path, name: str, max_prompts: int | None, seed: int) -> list[dict]:
@@ -156,7 +149,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
 
     from cropi.layout import phase_dir, phase_start_checkpoint
     from cropi.placement import workers_placement
-    from cropi.rollout.buffer import buffer_dir, read_manifest
+    from cropi.rollout.buffer import buffer_dir, read_manifest, write_json_atomic
 
     ckpt = phase_start_checkpoint(cfg, phase)
     bdir = buffer_dir(cfg)
@@ -197,7 +190,7 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
                 out = idir / "val" / s / "shard-00000.parquet"
                 if not out.is_file():
                     cols = get(actors[i % len(actors)].score_rows.remote(_val_rows(bdir, s, None, 0), None))
-                    _write_table(to_table(cols), out)
+                    atomic_write_table(to_table(cols), out)
         shards = sorted((bdir / "train").glob("shard-*.parquet"))
         todo = [p for p in shards if not (idir / "train" / p.name).is_file()]
         bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc=f"phase {phase} gradient shards")
@@ -236,7 +229,5 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     if manifest["buffer_stale"]:
         log(f"phase {phase}: KL(pi_theta || beta) on the buffer is {drift:.3f} > {inf.kl_refresh_threshold}: "
             "the off-policy gradients are drifting from the policy; consider refreshing the buffer")
-    from cropi.rollout.buffer import write_json_atomic
-
     write_json_atomic(idir / "manifest.json", manifest)
     return manifest

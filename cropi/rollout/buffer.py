@@ -12,7 +12,6 @@ config hash is refused rather than mixed.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cropi.config import Config
-from cropi.data.dataset import PromptRow
+from cropi.data.dataset import PromptRow, atomic_write_text
 from cropi.errors import CropiError
 
 SCHEMA_VERSION = 1
@@ -105,10 +104,7 @@ def read_manifest(bdir: Path) -> dict | None:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True), path)
 
 
 def claim_buffer(cfg: Config, specs: list[ShardSpec]) -> Path:
@@ -129,7 +125,7 @@ def claim_buffer(cfg: Config, specs: list[ShardSpec]) -> Path:
             "schema_version": SCHEMA_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
             "splits": splits, "complete": False,
         })
-    for stale in bdir.rglob(".shard-*.tmp"):  # half-written shards of a run that died
+    for stale in bdir.rglob(".*.tmp"):  # half-written files of a run that died
         stale.unlink(missing_ok=True)
     return bdir
 

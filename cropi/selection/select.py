@@ -20,8 +20,6 @@ zero_grad), selected.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cropi.config import SelectionConfig
-from cropi.data.dataset import PromptRow, atomic_write_table
+from cropi.data.dataset import PromptRow, atomic_write_table, atomic_write_text
 from cropi.errors import CropiError
 from cropi.selection import reader
 from cropi.selection.fusion import select_from_scores
@@ -138,17 +136,6 @@ def _selection_table(sets, ids, ds, fam, eligible, scores, res) -> pa.Table:
     return pa.table(cols)
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_selection(influence_dir: str | Path, prompts: list[PromptRow], cfg: SelectionConfig, seed: int,
                   out_dir: str | Path, previous_selection: str | Path | None = None, *,
                   batch_rows: int | None = None) -> dict:
@@ -194,5 +181,5 @@ def run_selection(influence_dir: str | Path, prompts: list[PromptRow], cfg: Sele
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
     atomic_write_table(table, out / SELECTION_FILE)
-    _atomic_write_text(text, out / SUMMARY_FILE)
+    atomic_write_text(text, out / SUMMARY_FILE)
     return summary

@@ -174,16 +174,15 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     try:
         val_ref, val_info = None, {}
         if inf.mode == "exact":
-            grads = get([actors[i % len(actors)].val_gradient.remote(
-                _val_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed)) for i, s in enumerate(sets)])
+            rows = {s: _val_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed) for s in sets}
+            grads = get([actors[i % len(actors)].val_gradient.remote(rows[s]) for i, s in enumerate(sets)])
             val_grads = dict(zip(sets, grads))
             for s, g in val_grads.items():
                 norm = float(sum(float((v.double() ** 2).sum()) for v in g.values()) ** 0.5)
                 if norm == 0.0:
                     raise CropiError(f"validation set {s!r}: its mean gradient is zero")
-                val_info[s] = {"norm": norm, "num_prompts": len({r["prompt_id"] for r in _val_rows(
-                    bdir, s, cfg.selection.max_val_grads, cfg.run.seed)})}
-            (idir / "val_targets.json").write_text(json.dumps(val_info, indent=2))
+                val_info[s] = {"norm": norm, "num_prompts": len({r["prompt_id"] for r in rows[s]})}
+            write_json_atomic(idir / "val_targets.json", val_info)
             val_ref = ray.put(val_grads)
         else:
             for i, s in enumerate(sets):

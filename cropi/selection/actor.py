@@ -9,6 +9,7 @@ import ray
 
 from cropi.config import Config
 from cropi.data.dataset import PromptRow
+from cropi.ray_utils import get
 
 
 def select_phase(cfg: Config, phase: int, pool: list[PromptRow]) -> dict:
@@ -37,7 +38,7 @@ class Selector:
 def run_selector(cfg: Config, phase: int, pool: list[PromptRow]) -> dict:
     actor = Selector.options(name=f"cropi-selector-{phase}", num_cpus=min(1.0, cfg.resources.local_num_cpus)).remote()
     try:
-        return ray.get(actor.select.remote(cfg, phase, pool))
+        return get(actor.select.remote(cfg, phase, pool))
     finally:
         ray.kill(actor)
 

@@ -100,7 +100,8 @@ def cmd_influence(args) -> int:
         m = run_influence(cfg, args.phase)
     print(f"phase {args.phase}: {m['mode']} influence over {m['num_train_shards']} shards against {m['sets']} "
           f"in {m['seconds']} s; zero-gradient prompts {m['zero_grad_prompts']}; "
-          f"KL(pi_theta || beta) on the buffer {m['kl_drift']:.4f}" + (" (STALE)" if m["buffer_stale"] else ""))
+          f"KL(pi_theta || beta) on the buffer {m['kl_drift']:.4f}" + (" (STALE)" if m["buffer_stale"] else "")
+          + (f"; {m['refreshed_prompts']} zero-gradient prompts re-rolled" if m.get("refreshed_prompts") else ""))
     return 0
 
 

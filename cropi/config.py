@@ -145,6 +145,7 @@ class InfluenceConfig:
     num_cpus_per_actor: float = _f(1.0, "CPUs a gradient actor reserves.")
     num_gpus_per_actor: float = _f(0.0, "GPUs a gradient actor reserves.")
     kl_refresh_threshold: float = _f(0.5, "Drift monitor: mean per-token KL(pi_theta || beta) above this flags the buffer stale.")
+    refresh_zero_grad: bool = _f(False, "Beyond the paper: before scoring phase M, re-roll the training prompts whose buffered K rewards are all equal with theta_M (K samples), so they can be selected again; theta_M is then their behavior policy.")
 
     def validate(self) -> None:
         _require(self.mode in ("exact", "projected"), "influence.mode", f"must be exact or projected, got {self.mode!r}")

@@ -2,6 +2,7 @@
 
     RUN_DIR/buffer/                      offline trajectories (rollout)
     RUN_DIR/phase-M/influence/           per-prompt gradient outputs of phase M (influence)
+    RUN_DIR/phase-M/refresh/             zero-gradient prompts re-rolled with theta_M (optional)
     RUN_DIR/phase-M/selection.parquet    scores, ranks, selected flag (select)
     RUN_DIR/phase-M/selection_summary.json, selection.png
     RUN_DIR/phase-M/trainer_state/       DeepSpeed checkpoints to resume the phase mid-way (train)

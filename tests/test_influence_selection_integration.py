@@ -87,3 +87,33 @@ def test_projected_mode_agrees_with_exact_mode(add_only_run):
     # the projection (k=4096 of ~39k sampled coordinates) keeps the cosine ranking close
     assert np.corrcoef(cos_exact, cos_proj)[0, 1] > 0.9
     assert all(pr[i]["zero_grad"] == ex[i]["zero_grad"] for i in ex)
+
+
+def test_refreshing_zero_gradient_prompts(add_only_run):
+    """Beyond the paper: zero-gradient prompts are re-rolled with theta_M and can be selected again."""
+    from cropi.data.suite import load_data
+    from cropi.influence.actor import run_influence
+    from cropi.rollout.refresh import refresh_zero_grad
+
+    cfg, sets, tmp = add_only_run
+    run3 = tmp / "run-refresh"
+    shutil.copytree(tmp / "run" / "buffer", run3 / "buffer")
+    buf = [r for p in sorted((run3 / "buffer" / "train").glob("*.parquet"))
+           for r in pq.read_table(p, columns=["prompt_id", "group_std"]).to_pylist()]
+    zero_before = {r["prompt_id"] for r in buf if r["group_std"] == 0}
+    rcfg = load_config("configs/tiny-cpu.yaml", sets + [f"run.dir={run3}", "influence.refresh_zero_grad=true"])
+    man = run_influence(rcfg, 0, log=lambda *_: None)
+    fresh = [r for p in sorted((run3 / "phase-0" / "refresh").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert {r["prompt_id"] for r in fresh} == zero_before and len(fresh) == 8 * len(zero_before)
+    assert {r["split"] for r in fresh} == {"refresh/phase-0"}
+    assert man["refreshed_prompts"] == len(zero_before)
+    # with 8 new samples some of them now have unequal rewards, hence a gradient
+    assert 0 < man["zero_grad_prompts"] < len(zero_before)
+    rows = [r for p in sorted((run3 / "phase-0" / "influence" / "train").glob("*.parquet"))
+            for r in pq.read_table(p, columns=["prompt_id", "zero_grad"]).to_pylist()]
+    assert sorted(r["prompt_id"] for r in rows) == list(range(400))
+    now_live = {r["prompt_id"] for r in rows if not r["zero_grad"]} & zero_before
+    assert len(now_live) == len(zero_before) - man["zero_grad_prompts"]
+    # a rerun finds the refresh complete and re-rolls nothing
+    pool, _ = load_data(rcfg)
+    assert refresh_zero_grad(rcfg, 0, pool, run3 / "buffer", str(rcfg.model.path)) == 0

@@ -98,8 +98,12 @@ class GradientActor:
                 cols.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in cols.items()}
 
-    def score_shard(self, buffer_shard: str, out_path: str, val_grads: dict | None) -> dict:
+    def score_shard(self, buffer_shard: str, out_path: str, val_grads: dict | None, refresh_shard: str | None = None) -> dict:
         rows = pq.read_table(buffer_shard, columns=BUFFER_COLUMNS).to_pylist()
+        if refresh_shard is not None:  # re-rolled zero-gradient prompts replace their buffered trajectories
+            fresh = pq.read_table(refresh_shard, columns=BUFFER_COLUMNS).to_pylist()
+            ids = {r["prompt_id"] for r in fresh}
+            rows = [r for r in rows if r["prompt_id"] not in ids] + fresh
         t0 = time.time()
         cols = self.score_rows(rows, val_grads)
         atomic_write_table(to_table(cols), Path(out_path))
@@ -167,6 +171,15 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     idir.mkdir(parents=True, exist_ok=True)
     plan.write_text(json.dumps({"hash": want, "checkpoint": ckpt}))
     inf, t0 = cfg.influence, time.time()
+    refreshed = 0
+    if inf.refresh_zero_grad:
+        from cropi.data.suite import load_data
+        from cropi.rollout.refresh import refresh_zero_grad
+
+        refreshed = refresh_zero_grad(cfg, phase, load_data(cfg)[0], bdir, ckpt)
+        if refreshed:
+            log(f"phase {phase}: re-rolled {refreshed} zero-gradient prompts with theta_{phase}")
+    rdir = idir.parent / "refresh"
     place = workers_placement(inf.num_actors, inf.num_cpus_per_actor, inf.num_gpus_per_actor, f"phase {phase} influence")
     actors = [GradientActor.options(name=f"cropi-gradient-{phase}-{i}", num_cpus=inf.num_cpus_per_actor,
                                     num_gpus=inf.num_gpus_per_actor, scheduling_strategy=place.strategy(i),
@@ -197,7 +210,9 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
         while todo or pending:
             while todo and idle:
                 a, p = idle.pop(), todo.pop(0)
-                pending[a.score_shard.remote(str(p), str(idir / "train" / p.name), val_ref)] = a
+                fresh = rdir / p.name if inf.refresh_zero_grad and (rdir / p.name).is_file() else None
+                pending[a.score_shard.remote(str(p), str(idir / "train" / p.name), val_ref,
+                                             str(fresh) if fresh else None)] = a
             done, _ = ray.wait(list(pending), num_returns=1)
             a = pending.pop(done[0])
             get(done[0])
@@ -223,6 +238,8 @@ def run_influence(cfg: Config, phase: int, log=print) -> dict:
     manifest = {"mode": inf.mode, "sets": sets, "proj_dim": inf.proj_dim if inf.mode == "projected" else None,
                 "num_train_shards": len(shards), "checkpoint": ckpt, "sample_ratio": inf.sample_ratio,
                 "params": inf.params, "grad_dtype": inf.grad_dtype, "zero_grad_prompts": zero,
+                "refreshed_prompts": sum(pq.read_metadata(p).num_rows for p in rdir.glob("shard-*.parquet"))
+                // max(cfg.rollout.k_train, 1) if inf.refresh_zero_grad else 0,
                 "kl_drift": drift, "kl_refresh_threshold": inf.kl_refresh_threshold,
                 "buffer_stale": drift > inf.kl_refresh_threshold, "seconds": round(time.time() - t0, 2)}
     if manifest["buffer_stale"]:

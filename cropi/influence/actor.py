@@ -138,13 +138,10 @@ def _val_rows(bdir: Path, name: str, max_prompts: int | None, seed: int) -> list
 
 
 def influence_hash(cfg: Config, checkpoint: str) -> str:
-    import hashlib
+    from cropi.rollout.buffer import buffer_hash, stable_hash
 
-    from cropi.rollout.buffer import buffer_hash
-
-    blob = json.dumps({"influence": cfg.section_hash("influence"), "checkpoint": checkpoint,
-                       "max_val_grads": cfg.selection.max_val_grads, "buffer": buffer_hash(cfg)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash({"influence": cfg.section_hash("influence"), "checkpoint": checkpoint,
+                        "max_val_grads": cfg.selection.max_val_grads, "buffer": buffer_hash(cfg)})
 
 
 def run_influence(cfg: Config, phase: int, log=print) -> dict:

@@ -64,7 +64,7 @@ def buffer_dir(cfg: Config) -> Path:
 def buffer_hash(cfg: Config) -> str:
     """What the buffer's content depends on (not worker counts or resources)."""
     r = cfg.rollout
-    return _hash({
+    return stable_hash({
         "data": cfg.section_hash("data"), "model": str(Path(cfg.model.path).resolve()), "dtype": cfg.model.dtype,
         "seed": cfg.run.seed, "k_train": r.k_train, "k_val": r.k_val, "temperature": r.temperature,
         "top_p": r.top_p, "max_new_tokens": r.max_new_tokens, "hf_recompute": r.hf_recompute,
@@ -72,7 +72,8 @@ def buffer_hash(cfg: Config) -> str:
     })
 
 
-def _hash(obj) -> str:
+def stable_hash(obj) -> str:
+    """Short sha256 of a JSON-able object (keys sorted): what an artifact was built from."""
     import hashlib
 
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

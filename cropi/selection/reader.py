@@ -51,15 +51,19 @@ class Manifest:
         return [self.dir / "train" / f"shard-{i:05d}.parquet" for i in range(self.num_train_shards)]
 
 
+def _read_json(path: Path, what: str, plural: bool = False):
+    if not path.is_file():
+        raise CropiError(f"{what} {path} {'do' if plural else 'does'} not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CropiError(f"{path}: not valid JSON ({e.msg})") from None
+
+
 def read_manifest(influence_dir: str | Path) -> Manifest:
     d = Path(influence_dir)
     path = d / "manifest.json"
-    if not path.is_file():
-        raise CropiError(f"influence manifest {path} does not exist")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CropiError(f"{path}: not valid JSON ({e.msg})") from None
+    raw = _read_json(path, "influence manifest")
     mode, sets, n = raw.get("mode"), raw.get("sets"), raw.get("num_train_shards")
     if mode not in MODES:
         raise CropiError(f"{path}: field 'mode' must be one of {list(MODES)}, got {mode!r}")
@@ -157,12 +161,7 @@ def load_projected_targets(m: Manifest, max_val_grads: int, seed: int) -> tuple[
 def load_exact_targets(m: Manifest) -> tuple[np.ndarray, dict]:
     """Target norms [S] from val_targets.json and per-set info."""
     path = m.dir / "val_targets.json"
-    if not path.is_file():
-        raise CropiError(f"exact-mode validation targets {path} do not exist")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CropiError(f"{path}: not valid JSON ({e.msg})") from None
+    raw = _read_json(path, "exact-mode validation targets", plural=True)
     norms, info = [], {}
     for name in m.sets:
         entry = raw.get(name) if isinstance(raw, dict) else None

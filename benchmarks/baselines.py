@@ -9,7 +9,6 @@ Usage: .venv/bin/python -m benchmarks.baselines
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,14 +18,17 @@ from benchmarks.common import write_result
 def main() -> None:
     from cropi.config import load_config
     from cropi.loop import run_loop
+    from cropi.store.files import read_jsonl
+    from cropi.store.paths import RunPaths
 
     res = {}
     for method in ("cropi", "random", "full"):
         run = Path(tempfile.mkdtemp(prefix=f"cropi-{method}-"))
         cfg = load_config("configs/tiny-cpu.yaml", [f"run.dir={run}"])
         out = run_loop(cfg, method, log=lambda *_: None)
-        first = json.loads((run / "phase-0" / "train_metrics.jsonl").read_text().splitlines()[0])
-        last = json.loads((run / f"phase-{cfg.run.num_phases - 1}" / "train_metrics.jsonl").read_text().splitlines()[-1])
+        paths = RunPaths(run)
+        first = read_jsonl(paths.train_metrics(0))[0]
+        last = read_jsonl(paths.train_metrics(cfg.run.num_phases - 1))[-1]
         val = {k.split("/", 1)[1]: (round(first[k], 3), round(last[k], 3)) for k in first if k.startswith("val_pass@1/")}
         res[method] = {"val_pass@1 (before, after)": val,
                        "mean_gain": round(sum(b - a for a, b in val.values()) / len(val), 4),

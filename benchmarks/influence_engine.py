@@ -59,7 +59,7 @@ def build_model(size: str):
 def build_batch(model, prompts: int, k: int, seed: int):
     """Task-like byte-token prompts and responses; behavior log-probs = model's own + noise."""
     from cropi.influence.batch import make_batch
-    from cropi.influence.reference import dense_logp
+    from tests.support.reference_engine import dense_logp
 
     rng = random.Random(seed)
     rows = []
@@ -96,9 +96,10 @@ def rss_mib() -> float:
 
 
 def setup(size: str):
-    from cropi.influence import batched, reference
+    from cropi.influence import batched
     from cropi.influence.coords import sample_coordinates
-    from cropi.influence.objective import prompt_objective
+    from tests.support import reference_engine as reference
+    from tests.support.reference_engine import prompt_objective
 
     torch.set_num_threads(2)
     s = SIZES[size]

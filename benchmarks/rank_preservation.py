@@ -81,7 +81,7 @@ def main() -> None:
     from cropi.config import load_config
     from cropi.influence.coords import sample_coordinates
     from cropi.model.loading import load_model, load_tokenizer
-    from cropi.rollout.buffer import read_split
+    from cropi.store.buffer import read_split
     from cropi.rollout.build import build_buffer
 
     ap = argparse.ArgumentParser()

@@ -5,7 +5,7 @@ max_new_tokens, measured side by side in one run on the tiny model:
   - hf_generate: one process, batched `model.generate(do_sample=True)`, no Ray;
   - vllm_one_engine_generation_only: the same sampling in one in-process engine, start-up
     excluded (what a warm rollout worker does);
-  - vllm_buffer_N: `build_buffer` end to end with N RolloutWorker actors (Ray and engine
+  - vllm_buffer_N: `build_buffer` end to end with N BufferWriter actors (Ray and engine
     start-up, rewards, HF log-prob recompute and Parquet writing included).
 Also: bytes on disk per 1,000 trajectories.
 Usage: .venv/bin/python -m benchmarks.rollout_throughput [--prompts 512]
@@ -79,7 +79,7 @@ def vllm_buffer(cfg, workers: int, hf_recompute: bool) -> dict:
     try:
         c = copy.deepcopy(cfg)
         c.run.dir = str(run)
-        c.rollout.num_workers, c.rollout.num_cpus_per_worker = workers, 2 / workers
+        c.resources.rollout.num_workers, c.resources.rollout.num_cpus = workers, 2 / workers
         c.rollout.hf_recompute = hf_recompute
         t0 = time.time()
         m = build_buffer(c.validate(), progress=False)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from cropi.config import SelectionConfig  # noqa: E402
 from cropi.data.dataset import PromptRow  # noqa: E402
-from cropi.selection import fake  # noqa: E402
+from tests.support import fake_influence as fake  # noqa: E402
 
 FAMILIES = [f"f{i}" for i in range(8)]
 VAL_FAMILIES = FAMILIES[:4]
@@ -94,7 +94,9 @@ def child(mode: str, d: Path, n: int, out: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cropi.selection import reader, run_selection
+    from cropi.selection import run_selection
+    from cropi.selection.select import load_projected_targets
+    from cropi.store import influence as reader
     from cropi.selection.fusion import select_from_scores
     from cropi.selection.scoring import projected_scores
 
@@ -121,7 +123,7 @@ def child(mode: str, d: Path, n: int, out: Path) -> dict:
         res = {"rows": rows}
     elif mode == "in_memory":
         m = reader.read_manifest(d)
-        targets, _ = reader.load_projected_targets(m, cfg.max_val_grads, 0)
+        targets, _ = load_projected_targets(m, cfg.max_val_grads, 0)
         table = pa.concat_tables([pq.read_table(p) for p in m.train_paths()])
         ids = table.column("prompt_id").to_numpy()
         zero = table.column("zero_grad").to_numpy(zero_copy_only=False)
@@ -150,7 +152,7 @@ def writer_dictionary_effect(inf: Path, reps: int = 5) -> dict:
     defaults (dictionary encoding tried first): what the gradient actors' writer choice costs."""
     import pyarrow.parquet as pq
 
-    from cropi.selection import reader
+    from cropi.store import influence as reader
 
     m = reader.read_manifest(inf)
     plain = m.train_paths()[0]

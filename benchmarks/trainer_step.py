@@ -77,7 +77,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=True, configure_logging=False)
     try:
         summary = run_phase(cfg, 0, args.steps, pool, [r.prompt_id for r in pool], val, model,
-                            run / "phase-0", log=lambda *_: None)
+                            log=lambda *_: None)
         lines = [json.loads(x) for x in (run / "phase-0" / "train_metrics.jsonl").read_text().splitlines()][1:]
         keys = ["rollout_seconds", "logprob_seconds", "train_seconds", "train_step_seconds", "sync_seconds"]
         per_step = {k: round(statistics.mean(m[k] for m in lines), 4) for k in keys}
@@ -88,7 +88,7 @@ def main() -> None:
         ray.shutdown()
     res = {
         "model_parameters": 394624, "world_size": cfg.trainer.world_size, "zero_stage": cfg.trainer.zero_stage,
-        "batch": f"{cfg.trainer.batch_prompts} prompts x {cfg.trainer.group_size} rollouts", "steps": args.steps,
+        "batch": f"{cfg.trainer.prompts_per_step} prompts x {cfg.trainer.group_size} rollouts", "steps": args.steps,
         "mean_seconds_per_step": per_step,
         "note": "train_step_seconds is the driver's wall time for the DeepSpeed step (includes Ray calls); "
                 "logprob and train are the slowest rank's own timings",

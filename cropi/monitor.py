@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+
+from cropi.store.files import append_jsonl
 
 GAUGES = {
     "cropi_phase": "current CROPI phase",
@@ -22,7 +23,9 @@ GAUGES = {
 
 class RunMetrics:
     def __init__(self, run_dir: str | Path, run_name: str):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        from cropi.store.paths import RunPaths
+
+        self.path = RunPaths(run_dir).metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run = run_name
         try:
@@ -39,8 +42,7 @@ class RunMetrics:
             g.set(float(value), tags={"run": self.run, "set": set, "stage": stage})
 
     def event(self, kind: str, **fields) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"time": round(time.time(), 3), "event": kind, **fields}) + "\n")
+        append_jsonl({"time": round(time.time(), 3), "event": kind, **fields}, self.path)
 
     def on_step(self, m: dict) -> None:
         """Called by the trainer after every GRPO step."""

@@ -9,16 +9,16 @@ everything it needs or fails with a clear error instead of half-starting:
   `resources.placement`:
     split   every rank and every rollout worker has a bundle of its own (their GPUs are disjoint);
     shared  rank i and rollout worker i share bundle i: with fractional GPU requests (e.g.
-            trainer.num_gpus_per_worker 0.5, rollout.num_gpus_per_worker 0.5) the vLLM engine and
+            resources.trainer.num_gpus 0.5, resources.rollout.num_gpus 0.5) the vLLM engine and
             the DeepSpeed rank sit on the same GPU, as in a colocated ("hybrid") engine.
-Stages run one after another and release their group when done, so they reuse the same slots.
+Stages run one after another and release their group when done (cropi.pool.WorkerPool), so
+they reuse the same slots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cropi.config import Config
 from cropi.errors import CropiError
 
 
@@ -36,6 +36,12 @@ class Placement:
         from ray.util.placement_group import remove_placement_group
 
         remove_placement_group(self.group)
+
+    def __enter__(self) -> "Placement":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 def _bundle(cpus: float, gpus: float) -> dict:
@@ -66,15 +72,15 @@ def workers_placement(count: int, cpus: float, gpus: float, what: str, timeout_s
     return reserve([_bundle(cpus, gpus) for _ in range(count)], what, timeout_s)
 
 
-def training_placement(cfg: Config) -> tuple[Placement, list[int], list[int]]:
+def training_placement(cfg) -> tuple[Placement, list[int], list[int]]:
     """(placement, bundle of each trainer rank, bundle of each rollout worker)."""
-    t, ro = cfg.trainer, cfg.rollout
-    w, n = t.world_size, ro.num_workers
+    t, ro = cfg.resources.trainer, cfg.resources.rollout
+    w, n = cfg.trainer.world_size, cfg.train_engines()
     if cfg.resources.placement == "split":
-        bundles = [_bundle(t.num_cpus_per_worker, t.num_gpus_per_worker) for _ in range(w)] + \
-                  [_bundle(ro.num_cpus_per_worker, ro.num_gpus_per_worker) for _ in range(n)]
+        bundles = [_bundle(t.num_cpus, t.num_gpus) for _ in range(w)] + \
+                  [_bundle(ro.num_cpus, ro.num_gpus) for _ in range(n)]
         return reserve(bundles, "training (split)"), list(range(w)), list(range(w, w + n))
     size = max(w, n)
-    bundles = [_bundle(t.num_cpus_per_worker * (i < w) + ro.num_cpus_per_worker * (i < n),
-                       t.num_gpus_per_worker * (i < w) + ro.num_gpus_per_worker * (i < n)) for i in range(size)]
+    bundles = [_bundle(t.num_cpus * (i < w) + ro.num_cpus * (i < n),
+                       t.num_gpus * (i < w) + ro.num_gpus * (i < n)) for i in range(size)]
     return reserve(bundles, "training (shared)"), list(range(w)), list(range(n))

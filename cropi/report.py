@@ -8,26 +8,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cropi.status import _jsonl, run_status
+from cropi.status import run_status
+from cropi.store.files import read_json, read_jsonl, write_text
+from cropi.store.paths import RunPaths
 
 
-def _phases(d: Path) -> list[Path]:
-    return sorted(d.glob("phase-*"), key=lambda p: int(p.name.split("-")[1]))
-
-
-def _validation_curves(d: Path, out: Path) -> dict:
+def _validation_curves(paths: RunPaths, out: Path) -> dict:
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     series: dict[str, list[tuple[int, float]]] = {}
     offset = 0
-    for p in _phases(d):
-        tm = _jsonl(p / "train_metrics.jsonl")
+    for m in paths.phases():
+        tm = read_jsonl(paths.train_metrics(m))
         for m in tm:
             for k, v in m.items():
                 if k.startswith("val_pass@1/"):
@@ -39,16 +36,16 @@ def _validation_curves(d: Path, out: Path) -> dict:
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", ms=3, label=name)
     ax.set_xlabel("GRPO step (all phases; grey lines end a phase)")
     ax.set_ylabel("validation pass@1")
-    ax.set_title(f"{d.name}: validation pass@1 per set")
+    ax.set_title(f"{paths.root.name}: validation pass@1 per set")
     if series:
         ax.legend()
     FigureCanvasAgg(fig).print_png(str(out))
     return {k: {"first": v[0][1], "last": v[-1][1]} for k, v in series.items()}
 
 
-def _timings(d: Path, out: Path) -> dict:
+def _timings(paths: RunPaths, out: Path) -> dict:
     stages: dict[tuple, float] = {}
-    for e in _jsonl(d / "metrics.jsonl"):
+    for e in read_jsonl(paths.metrics):
         if e.get("event") == "stage":
             key = ("all" if e["phase"] is None else f"phase-{e['phase']}", e["stage"])
             stages[key] = stages.get(key, 0.0) + e["seconds"]
@@ -72,18 +69,18 @@ def _timings(d: Path, out: Path) -> dict:
 def write_report(run_dir: str | Path) -> Path:
     from cropi.selection.plot import plot_selection
 
-    d = Path(run_dir)
+    paths = RunPaths(run_dir)
+    d = paths.root
     status = run_status(d)
-    out = d / "report"
+    out = paths.report
     out.mkdir(parents=True, exist_ok=True)
-    val = _validation_curves(d, out / "validation.png")
-    times = _timings(d, out / "timings.png")
-    summaries = [json.loads((p / "selection_summary.json").read_text()) for p in _phases(d)
-                 if (p / "selection_summary.json").is_file()]
+    val = _validation_curves(paths, out / "validation.png")
+    times = _timings(paths, out / "timings.png")
+    done = [m for m in paths.phases() if paths.selection_summary(m).is_file()]
+    summaries = [read_json(paths.selection_summary(m), "selection summary") for m in done]
     sel_line = "no influence-guided selection in this run"
     if summaries:
-        last = Path(summaries[-1]["influence_dir"]).parent
-        plot_selection(last / "selection.parquet", summaries, out / "selection.png")
+        plot_selection(paths.selection(done[-1]), summaries, out / "selection.png")
         sel_line = "![selection](selection.png)"
     lines = [f"# cropi report: {d.name}", "", "```", status, "```", "", "## Validation pass@1", "",
              "| set | first | last |", "| --- | --- | --- |"]
@@ -98,5 +95,5 @@ def write_report(run_dir: str | Path) -> Path:
                      f"({s['zero_grad']} zero-gradient); families: {fam}"
                      + (f"; Jaccard with previous phase {prev['jaccard']:.2f}" if prev else ""))
     lines += ["", sel_line, ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text("\n".join(lines), out / "report.md")
     return out / "report.md"

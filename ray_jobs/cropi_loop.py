@@ -3,7 +3,7 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python -m ray_jobs.cropi_loop --config configs/qwen2.5-1.5b-8gpu.yaml [--set section.field=value ...]
 
-It joins the job's cluster (never starts a local one), runs buffer -> (influence -> select ->
+It joins the job's cluster (never starts a local one), runs buffer -> ([refresh ->] influence -> select ->
 train) per phase, writes the report, and exits 0 only when the last phase's checkpoint exists.
 Resubmitting the same command resumes a run that died. Paths in the config (model.path,
 run.dir, data files) must be visible to every node: shared storage or absolute paths.
@@ -19,14 +19,14 @@ import sys
 def main(argv: list[str] | None = None, method: str = "cropi") -> int:
     from cropi.config import load_config
     from cropi.errors import CropiError
-    from cropi.loop import run_loop
+    from cropi.loop import METHODS, run_loop
     from cropi.report import write_report
 
     ap = argparse.ArgumentParser(prog=f"python -m ray_jobs.{__name__.rsplit('.', 1)[-1]}")
     ap.add_argument("--config", required=True, help="YAML config")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     if method == "cropi":
-        ap.add_argument("--method", default="cropi", choices=["cropi", "full", "random"])
+        ap.add_argument("--method", default="cropi", choices=METHODS)
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

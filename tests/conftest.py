@@ -27,7 +27,9 @@ def tiny_model(tiny_cfg) -> Path:
 
     path = ROOT / tiny_cfg.model.path
     marker = read_marker(path)
-    if not marker or marker.get("config_hash") != tiny_cfg.section_hash("model", "data"):
+    from cropi.model.base_model import base_model_hash
+
+    if not marker or marker.get("config_hash") != base_model_hash(tiny_cfg):
         train, val = load_data(tiny_cfg)
         build_base_model(tiny_cfg, train, val, path, log=lambda *_: None)
     return path

@@ -33,7 +33,7 @@ def test_build_is_deterministic(tiny_cfg, tmp_path):
     from cropi.data.suite import load_data
 
     cfg = copy.deepcopy(tiny_cfg)
-    cfg.model.warm_start_steps, cfg.model.warm_start_eval_every = 20, 20
+    cfg.base_model.warm_start_steps, cfg.base_model.warm_start_eval_every = 20, 20
     train, val = load_data(cfg)
     val = {k: v[:8] for k, v in val.items()}
     a = build_base_model(cfg, train, val, tmp_path / "a", log=lambda *_: None)

@@ -58,11 +58,67 @@ def test_section_hash_depends_only_on_named_sections():
     assert a.section_hash("rollout", "data") != b.section_hash("rollout", "data")
 
 
-def test_reference_lists_every_field():
+def _leaves(obj) -> int:
+    import dataclasses
+
+    return sum(_leaves(v) if dataclasses.is_dataclass(v) else 1 for v in vars(obj).values())
+
+
+def test_reference_lists_every_field_with_its_rules():
     ref = reference_markdown()
-    assert "`selection.alpha`" in ref and "`rollout.k_val`" in ref
-    n_fields = sum(len(vars(getattr(Config(), s))) for s in vars(Config()))
-    assert ref.count("\n| `") == n_fields
+    assert "`selection.alpha`" in ref and "`rollout.k_val`" in ref and "`resources.rollout.num_workers`" in ref
+    assert ref.count("\n| `") == _leaves(Config()) > 60
+    line = next(x for x in ref.splitlines() if x.startswith("| `influence.mode`"))
+    assert "`exact`" in line and "`projected`" in line  # allowed values come from the field metadata
+    line = next(x for x in ref.splitlines() if x.startswith("| `selection.alpha`"))
+    assert "> 0" in line and "<= 1" in line
+
+
+def test_nested_resource_sections_load_from_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("resources:\n  rollout:\n    num_workers: 3\n  influence: {num_actors: 4}\n")
+    cfg = load_config(p, ["resources.influence.num_cpus=0.5"])
+    assert cfg.resources.rollout.num_workers == 3 and cfg.resources.influence.num_actors == 4
+    assert cfg.resources.influence.num_cpus == 0.5
+    with pytest.raises(ConfigError, match=r"resources\.rollout\.num_wrkers"):
+        load_config(None, ["resources.rollout.num_wrkers=2"])
+    with pytest.raises(ConfigError, match=r"resources\.influence\.num_actors: must be >= 1"):
+        load_config(None, ["resources.influence.num_actors=0"])
+
+
+@pytest.mark.parametrize("old", ["trainer.batch_prompts=4", "influence.batch_prompts=4",
+                                 "influence.kl_refresh_threshold=1", "rollout.num_workers=2",
+                                 "model.build_hidden_size=64", "influence.num_actors=2"])
+def test_renamed_and_moved_fields_are_unknown(old):
+    with pytest.raises(ConfigError, match="unknown config field " + old.split("=")[0].replace(".", r"\.")):
+        load_config("configs/tiny-cpu.yaml", [old])
+
+
+def test_combinations_across_sections_are_checked():
+    with pytest.raises(ConfigError, match=r"resources\.trainer\.num_gpus.*resources\.device is cpu"):
+        load_config("configs/tiny-cpu.yaml", ["resources.trainer.num_gpus=1"])
+    with pytest.raises(ConfigError, match=r"resources\.rollout\.num_gpus: must be > 0 when resources\.device is cuda"):
+        load_config("configs/tiny-cpu.yaml", ["resources.device=cuda"])
+    with pytest.raises(ConfigError, match=r"rollout\.max_new_tokens: must be < rollout\.max_model_len"):
+        load_config("configs/tiny-cpu.yaml", ["rollout.max_new_tokens=200"])
+    with pytest.raises(ConfigError, match=r"base_model\.hidden_size"):
+        load_config("configs/tiny-cpu.yaml", ["base_model.num_heads=3"])
+
+
+def test_resume_hashes_ignore_resources():
+    from cropi.influence.actor import influence_hash
+    from cropi.store.buffer import buffer_hash
+    from cropi.store.run_record import phase_inputs
+
+    a = load_config("configs/tiny-cpu.yaml")
+    b = load_config("configs/tiny-cpu.yaml", ["resources.influence.num_actors=1", "resources.rollout.num_workers=2",
+                                              "resources.influence.num_cpus=2", "resources.placement=split"])
+    assert influence_hash(a, "ckpt") == influence_hash(b, "ckpt") and buffer_hash(a) == buffer_hash(b)
+    assert phase_inputs(a) == phase_inputs(b)
+    c = load_config("configs/tiny-cpu.yaml", ["influence.prompts_per_pass=4"])
+    assert influence_hash(a, "ckpt") != influence_hash(c, "ckpt")
+    d = load_config("configs/tiny-cpu.yaml", ["rollout.k_train=4"])
+    assert buffer_hash(a) != buffer_hash(d) and phase_inputs(a) != phase_inputs(d)
 
 
 def test_readme_reference_is_current_and_every_config_loads():

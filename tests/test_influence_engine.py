@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from cropi.errors import CropiError
-from cropi.influence import batched, reference
+from cropi.influence import batched
 from cropi.influence.batch import make_batch
 from cropi.influence.coords import flatten, layer_seed, sample_coordinates, sample_indices
 from cropi.influence.params import chosen_linears
+from tests.support import reference_engine as reference
 
 ZERO_IDS = (103, 106)  # prompts whose rewards were all equal
 
@@ -75,7 +76,7 @@ def val(model, coords):
 
 
 def test_raw_gradients_equal_reference(model, batch, coords):
-    fast = flatten(batched.prompt_gradients(model, batch, coords), coords)  # [P, D]
+    fast = flatten(reference.prompt_gradients(model, batch, coords), coords)  # [P, D]
     slow = flatten(reference.prompt_scores(model, batch, coords, "raw")["grads"], coords)
     assert float(_rel(fast, slow).max()) < 1e-6
     zero = [batch.prompt_ids.index(i) for i in ZERO_IDS]
@@ -87,7 +88,7 @@ def test_raw_gradients_equal_reference(model, batch, coords):
 def test_all_coordinates_without_lm_head_equal_reference(model, batch):
     coords = sample_coordinates(model, "linear_no_lm_head", 1.0, seed=0)  # p = 1: the uncut path
     assert "lm_head" not in coords
-    fast = flatten(batched.prompt_gradients(model, batch, coords), coords)
+    fast = flatten(reference.prompt_gradients(model, batch, coords), coords)
     slow = flatten(reference.prompt_scores(model, batch, coords, "raw")["grads"], coords)
     assert fast.shape[1] == sum(m.weight.numel() for n, m in model.named_modules() if n in coords)
     assert float(_rel(fast, slow).max()) < 1e-6
@@ -129,7 +130,7 @@ def test_projection_same_across_calls_and_batch_splits(model, batch, coords):
         sub.num_prompts, sub.prompt_ids = len(half), tuple(batch.prompt_ids[p] for p in half)
         part = batched.prompt_scores(model, sub, coords, "projected", **kw)["projected"]
         # a half may be padded narrower than the whole batch; the float32 HF forward then moves
-        # log-probs by ~5e-6 (see reference.py), hence not bitwise but within 5e-5
+        # log-probs by ~5e-6 (see tests/support/reference_engine.py), hence not bitwise but within 5e-5
         assert float(_rel(part, whole[half]).max()) < 5e-5
 
 
@@ -208,7 +209,7 @@ def test_tied_lm_head_includes_the_input_embedding_gradient():
     assert tied.lm_head.weight is tied.model.embed_tokens.weight
     b, _ = _with_behavior(tied, _rows(random.Random(3), 5), seed=2)
     coords = sample_coordinates(tied, "linear", 0.3, seed=1)
-    fast = flatten(batched.prompt_gradients(tied, b, coords), coords)
+    fast = flatten(reference.prompt_gradients(tied, b, coords), coords)
     slow = flatten(reference.prompt_scores(tied, b, coords, "raw")["grads"], coords)
     assert float(_rel(fast, slow).max()) < 1e-6
 

@@ -2,11 +2,12 @@
 
 import math
 
+import pytest
 import torch
 
 from cropi.influence.batch import TrajectoryBatch
-from cropi.influence.objective import (k3, kl_from_behavior_samples, prompt_kl, prompt_objective,
-                                       token_weights)
+from cropi.influence.objective import buffer_drift, kl_from_behavior_samples, token_weights
+from tests.support.reference_engine import k3, prompt_kl, prompt_objective
 
 
 def _hand_batch():
@@ -87,3 +88,11 @@ def test_prompt_kl_is_token_mean_and_zero_on_policy():
     # prompt 0 tokens: r = 1, 2, 0.5 -> r ln r - r + 1 = 0, 2 ln 2 - 1, 0.5 ln 0.5 + 0.5
     expect0 = (0 + (2 * math.log(2) - 1) + (0.5 * math.log(0.5) + 0.5)) / 3
     assert abs(float(kl[0]) - expect0) < 1e-6 and float(kl[1]) == 0.0
+
+
+def test_buffer_drift_is_token_weighted():
+    # prompts with token-mean KL 0.1 over 2 tokens and 0.4 over 6 tokens: (0.2 + 2.4) / 8 = 0.325
+    assert buffer_drift(torch.tensor([0.1, 0.4]), torch.tensor([2, 6])) == pytest.approx(0.325)
+    # a plain mean over prompts would give 0.25; a prompt without tokens weighs nothing
+    assert buffer_drift(torch.tensor([0.1, 0.4, 9.0]), torch.tensor([2, 6, 0])) == pytest.approx(0.325)
+    assert buffer_drift(torch.zeros(0), torch.zeros(0, dtype=torch.long)) == 0.0

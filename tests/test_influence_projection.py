@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cropi.errors import CropiError
-from cropi.influence.projection import BLOCK_ROWS, Projector, entry_scale, generate_block, project, quantise
+from cropi.influence.projection import BLOCK_ROWS, Projector, entry_scale, project, quantise
+from tests.support.projection_blocks import generate_block
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 2 * BLOCK_ROWS + 1234  # three blocks, the last one partial

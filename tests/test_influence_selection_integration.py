@@ -39,7 +39,7 @@ def test_two_gradient_actors_one_row_per_prompt_and_targeted_selection(add_only_
     from cropi.selection.actor import run_selector
 
     cfg, _, tmp = add_only_run
-    assert cfg.influence.num_actors == 2 and cfg.influence.mode == "exact"
+    assert cfg.resources.influence.num_actors == 2 and cfg.influence.mode == "exact"
     man = run_influence(cfg, 0, log=lambda *_: None)
     idir = tmp / "run" / "phase-0" / "influence"
     ids = np.concatenate([pq.read_table(p, columns=["prompt_id"]).column(0).to_numpy()
@@ -87,11 +87,21 @@ def test_projected_mode_agrees_with_exact_mode(add_only_run):
     # the projection (k=4096 of ~39k sampled coordinates) keeps the cosine ranking close
     assert np.corrcoef(cos_exact, cos_proj)[0, 1] > 0.9
     assert all(pr[i]["zero_grad"] == ex[i]["zero_grad"] for i in ex)
+    # both modes form the target from the same validation prompts (one sampler, run seed only)
+    from cropi import seeds
+    from cropi.selection.scoring import val_target
+
+    _, chosen = val_target(np.array([r["prompt_id"] for r in val]), np.array([r["grad"] for r in val]),
+                           np.array([r["zero_grad"] for r in val]), cfg.selection.max_val_grads,
+                           seeds.val_targets(cfg.run.seed), "add")
+    assert chosen.tolist() == json.loads((idir / "val_targets.json").read_text())["add"]["prompt_ids"]
+    assert len(chosen) == len(live) > 0
 
 
 def test_refreshing_zero_gradient_prompts(add_only_run):
     """Beyond the paper: zero-gradient prompts are re-rolled with theta_M and can be selected again."""
     from cropi.data.suite import load_data
+    from cropi.errors import CropiError
     from cropi.influence.actor import run_influence
     from cropi.rollout.refresh import refresh_zero_grad
 
@@ -102,6 +112,13 @@ def test_refreshing_zero_gradient_prompts(add_only_run):
            for r in pq.read_table(p, columns=["prompt_id", "group_std"]).to_pylist()]
     zero_before = {r["prompt_id"] for r in buf if r["group_std"] == 0}
     rcfg = load_config("configs/tiny-cpu.yaml", sets + [f"run.dir={run3}", "influence.refresh_zero_grad=true"])
+    pool, _ = load_data(rcfg)
+    # the refresh is the driver's step before scoring: the influence stage does not run it, and refuses without it
+    with pytest.raises(CropiError, match="refresh_zero_grad is on but .* is not complete"):
+        run_influence(rcfg, 0, log=lambda *_: None)
+    assert not (run3 / "phase-0" / "influence").exists()  # and writes nothing
+    done = refresh_zero_grad(rcfg, 0, pool, log=lambda *_: None)
+    assert done["prompts"] == done["new"] == len(zero_before)
     man = run_influence(rcfg, 0, log=lambda *_: None)
     fresh = [r for p in sorted((run3 / "phase-0" / "refresh").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     assert {r["prompt_id"] for r in fresh} == zero_before and len(fresh) == 8 * len(zero_before)
@@ -115,5 +132,5 @@ def test_refreshing_zero_gradient_prompts(add_only_run):
     now_live = {r["prompt_id"] for r in rows if not r["zero_grad"]} & zero_before
     assert len(now_live) == len(zero_before) - man["zero_grad_prompts"]
     # a rerun finds the refresh complete and re-rolls nothing
-    pool, _ = load_data(rcfg)
-    assert refresh_zero_grad(rcfg, 0, pool, run3 / "buffer", str(rcfg.model.path)) == 0
+    again = refresh_zero_grad(rcfg, 0, pool, log=lambda *_: None)
+    assert again["new"] == 0 and again["prompts"] == len(zero_before)

@@ -30,8 +30,8 @@ def _small(tmp: Path, phases: int, steps: int) -> list[str]:
     return [f"run.dir={tmp / 'run'}", f"model.path={ROOT / 'artifacts' / 'base-model'}",
             f"data.data_dir={tmp / 'tasks'}", "data.train_size=96", "data.val_size=8", "rollout.k_val=8",
             "rollout.shard_size=32", f"run.num_phases={phases}", f"trainer.steps_per_phase={steps}",
-            "trainer.batch_prompts=4", "trainer.group_size=4", "trainer.eval_every=2", "trainer.eval_samples=2",
-            "trainer.save_every=2", "selection.alpha=0.25"]
+            "trainer.prompts_per_step=4", "trainer.group_size=4", "trainer.eval_every=2", "trainer.eval_samples=2",
+            "trainer.save_every=2", "selection.alpha=0.25", "selection.max_val_grads=3"]
 
 
 def _sets(overrides):
@@ -55,6 +55,12 @@ def _check_run(run: Path, phases: int, steps: int) -> None:
         steps_seen = [json.loads(x)["step"] for x in (pdir / "train_metrics.jsonl").read_text().splitlines()]
         assert steps_seen == list(range(steps + 1))
         assert (pdir / "checkpoint" / "model.safetensors").is_file()
+        # every phase is scored against targets formed from the same validation prompts
+        targets = json.loads((pdir / "influence" / "val_targets.json").read_text())
+        first = json.loads((run / "phase-0" / "influence" / "val_targets.json").read_text())
+        assert {s: t["prompt_ids"] for s, t in targets.items()} == {s: t["prompt_ids"] for s, t in first.items()}
+        assert all(len(t["prompt_ids"]) == 3 for t in targets.values())  # a draw from up to 8 live prompts
+        assert json.loads((pdir / "phase.json").read_text())["method"] == "cropi"
     assert (run / "report" / "report.md").is_file() and (run / "report" / "validation.png").is_file()
 
 

@@ -17,15 +17,15 @@ def ray4():
 
 def test_split_and_shared_bundles(ray4):
     cfg = load_config("configs/tiny-cpu.yaml", ["resources.placement=split", "trainer.world_size=2",
-                                                "trainer.num_cpus_per_worker=0.5", "rollout.num_workers=2",
-                                                "rollout.num_cpus_per_worker=1"])
+                                                "resources.trainer.num_cpus=0.5", "resources.rollout.num_workers=2",
+                                                "resources.rollout.num_cpus=1"])
     place, ranks, workers = training_placement(cfg)
     # split: 2 rank bundles of 0.5 CPU, then 2 worker bundles of 1 CPU
     assert place.bundles == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 1.0}, {"CPU": 1.0}]
     assert ranks == [0, 1] and workers == [2, 3]
     place.remove()
     cfg.resources.placement = "shared"
-    cfg.rollout.num_workers = 1
+    cfg.resources.rollout.num_workers = 1
     place, ranks, workers = training_placement(cfg)
     # shared: rank 0 and worker 0 share bundle 0 (0.5 + 1 CPU), rank 1 alone in bundle 1
     assert place.bundles == [{"CPU": 1.5}, {"CPU": 0.5}] and ranks == [0, 1] and workers == [0]

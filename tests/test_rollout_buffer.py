@@ -15,7 +15,8 @@ from cropi.config import load_config
 from cropi.data.rewards import exact_integer
 from cropi.data.suite import load_data
 from cropi.errors import CropiError
-from cropi.rollout.buffer import plan_shards, read_split
+from cropi.rollout.build import plan_shards
+from cropi.store.buffer import read_split
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ def test_buffer_with_two_workers_is_correct(tiny_model, tmp_path):
     from cropi.model.loading import load_tokenizer
     from cropi.rollout.build import build_buffer
 
-    cfg = small_cfg(tmp_path, "rollout.num_workers=2", "rollout.num_cpus_per_worker=1")
+    cfg = small_cfg(tmp_path, "resources.rollout.num_workers=2", "resources.rollout.num_cpus=1")
     manifest = build_buffer(cfg, progress=False)
     tok = load_tokenizer(tiny_model)
     pool, val = load_data(cfg)
@@ -81,13 +82,13 @@ def _worker_pids():
     import psutil
 
     return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("RolloutWorker" in c for c in (p.info["cmdline"] or []))]
+            if any("BufferWriter" in c for c in (p.info["cmdline"] or []))]
 
 
 def test_killed_worker_then_rerun_completes_exactly_once(tiny_model, tmp_path):
     args = [sys.executable, "-m", "cropi.cli", "rollout", "configs/tiny-cpu.yaml",
             *[a for s in SMALL + [f"run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'tasks'}",
-                                  "rollout.max_restarts=0", "rollout.shard_size=4"] for a in ("--set", s)]]
+                                  "resources.rollout.max_restarts=0", "rollout.shard_size=4"] for a in ("--set", s)]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     train_dir = tmp_path / "run" / "buffer" / "train"
     deadline = time.time() + 180

@@ -34,11 +34,11 @@ def test_exact_cosine_from_dots_by_hand():
 def test_val_target_drops_zero_gradients_and_means():
     grads = np.array([[1, 0], [3, 2], [0, 0], [5, 5]], np.float32)
     zero = np.array([False, False, False, True])
-    v, used = val_target(grads, zero, max_val_grads=100, seed=0, set_name="a")
+    v, used = val_target(np.array([10, 11, 12, 13]), grads, zero, max_val_grads=100, seed=0, set_name="a")
     # rows 2 (all zeros) and 3 (flagged) are dropped: mean of (1, 0) and (3, 2) = (2, 1)
-    assert v.tolist() == [2.0, 1.0] and used == 2
-    v, used = val_target(np.zeros((3, 2)), np.zeros(3, bool), 100, 0, "a")
-    assert used == 0 and v.tolist() == [0.0, 0.0]
+    assert v.tolist() == [2.0, 1.0] and used.tolist() == [10, 11]
+    v, used = val_target(np.arange(3), np.zeros((3, 2)), np.zeros(3, bool), 100, 0, "a")
+    assert len(used) == 0 and v.tolist() == [0.0, 0.0]
 
 
 def test_val_sampling_is_seeded_capped_and_per_set():
@@ -50,8 +50,13 @@ def test_val_sampling_is_seeded_capped_and_per_set():
     assert not np.array_equal(idx, sample_val_indices(150, 100, seed=3, set_name="mod"))
     assert sample_val_indices(40, 100, seed=3, set_name="mul").tolist() == list(range(40))  # all if fewer
     g = np.random.default_rng(0).standard_normal((150, 8))
-    v, used = val_target(g, np.zeros(150, bool), 100, 3, "mul")
-    assert used == 100 and np.allclose(v, g[idx].mean(axis=0))
+    v, used = val_target(np.arange(150), g, np.zeros(150, bool), 100, 3, "mul")
+    assert used.tolist() == idx.tolist() and np.allclose(v, g[idx].mean(axis=0))
+    # the draw is over prompt ids in ascending order, whatever order the rows come in
+    perm = np.random.default_rng(1).permutation(150)
+    v2, used2 = val_target(perm + 1000, g[perm], np.zeros(150, bool), 100, 3, "mul")
+    assert used2.tolist() == (idx + 1000).tolist()
+    assert np.allclose(v2, g[idx].mean(axis=0))
 
 
 def test_ranks_ties_by_prompt_id_and_ineligible_last():

@@ -12,9 +12,10 @@ import pytest
 from cropi.config import SelectionConfig
 from cropi.data.dataset import PromptRow
 from cropi.errors import ConfigError, CropiError
-from cropi.selection import fake, run_selection
+from cropi.selection import run_selection
 from cropi.selection.fusion import select_from_scores
 from cropi.selection.scoring import projected_scores, val_target
+from tests.support import fake_influence as fake
 
 FAMS = ["add", "sub", "mul", "mod"]
 N, K, SHARD = 203, 64, 50  # 5 shards, the last one of 3 rows
@@ -60,8 +61,8 @@ def _in_memory(influence, cfg, seed):
         v = pq.read_table(influence / "val" / s / "shard-00000.parquet")
         vo = np.argsort(v.column("prompt_id").to_numpy())
         vg = np.stack(v.column("grad").to_numpy(zero_copy_only=False))[vo]
-        targets.append(val_target(vg, v.column("zero_grad").to_numpy(zero_copy_only=False)[vo],
-                                  cfg.max_val_grads, seed, s)[0])
+        targets.append(val_target(v.column("prompt_id").to_numpy()[vo], vg,
+                                  v.column("zero_grad").to_numpy(zero_copy_only=False)[vo], cfg.max_val_grads, seed, s)[0])
     scores, eligible = projected_scores(g, zero, np.stack(targets))
     return ids[order], scores, eligible, select_from_scores(scores, eligible, ids[order], cfg.alpha, cfg.fusion, cfg.k_rrf)
 
@@ -93,7 +94,7 @@ def test_exact_mode_agrees_with_projected(projected, tmp_path):
     targets = {}
     for s in ("mul", "mod"):
         v = pq.read_table(projected / "val" / s / "shard-00000.parquet")
-        vt, used = val_target(np.stack(v.column("grad").to_numpy(zero_copy_only=False)),
+        vt, used = val_target(v.column("prompt_id").to_numpy(), np.stack(v.column("grad").to_numpy(zero_copy_only=False)),
                               v.column("zero_grad").to_numpy(zero_copy_only=False), 100, 3, s)
         targets[s] = (vt, used)
     dots = np.stack([g @ targets[s][0] for s in targets], axis=1)  # [N, S]
@@ -132,6 +133,8 @@ def test_summary_counts_and_jaccard_with_previous(projected, tmp_path):
     s1 = run_selection(projected, _prompts(), SelectionConfig(alpha=0.1), 0, tmp_path / "p0")
     assert (s1["pool_size"], s1["zero_grad"], s1["eligible"], s1["n_select"], s1["selected"]) == (203, 21, 182, 21, 21)
     assert s1["previous"] is None
+    used = s1["validation"]["mul"].pop("prompt_ids")
+    assert len(used) == 100 and used == sorted(set(used)) and max(used) < 150
     assert s1["validation"]["mul"] == {"num_prompts": 150, "num_used": 100, "target_norm": pytest.approx(
         s1["validation"]["mul"]["target_norm"])}
     fam = s1["composition"]["family"]

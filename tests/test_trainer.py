@@ -41,8 +41,7 @@ def _model_from_bytes(path, blob):
 
 def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local):
     from cropi.model.loading import load_model, load_tokenizer
-    from cropi.placement import workers_placement
-    from cropi.rollout.worker import start_workers
+    from cropi.rollout.engine_actor import engine_pool
     from cropi.model.sequences import collate, token_logprobs
     from cropi.trainer.group import TrainerGroup
 
@@ -55,7 +54,7 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
         # which turns float32 summation-order noise in near-zero gradients into full-size steps
         cfg = load_config("configs/tiny-cpu.yaml", [f"trainer.world_size={world}", "trainer.lr=0.1",
                                                     "trainer.adam_eps=1.0",
-                                                    "trainer.num_cpus_per_worker=0.5", "trainer.kl_coef=0.1"])
+                                                    "resources.trainer.num_cpus=0.5", "trainer.kl_coef=0.1"])
         group = TrainerGroup(cfg, path, path, tag=f"w{world}")
         shards = [{**full, **{k: full[k][r::world] for k in ("prompt_ids", "response_ids", "advantages")}}
                   for r in range(world)]
@@ -73,9 +72,9 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
     assert moved > 1e-3  # the update did something
 
     # weight sync: vLLM scores a fixed continuation like the trained model, not like the base model
-    cfg = load_config("configs/tiny-cpu.yaml", ["rollout.num_cpus_per_worker=1"])
-    place = workers_placement(1, 1.0, 0.0, "sync test")
-    (worker,) = start_workers(cfg, path, place, [0], tag="sync-test")
+    cfg = load_config("configs/tiny-cpu.yaml", ["resources.rollout.num_cpus=1"])
+    engines = engine_pool(cfg, path, "sync-test")
+    (worker,) = engines.actors
     seqs = [p + r for p, r in zip(full["prompt_ids"][:4], full["response_ids"][:4])]
     before = ray.get(worker.prompt_logprobs.remote(seqs))
     ray.get(worker.load_weights.remote(results[2]))
@@ -91,8 +90,7 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
         torch.testing.assert_close(torch.tensor(before[i]), b_lp, rtol=0, atol=2e-4)
         gap_base = max(gap_base, float((t_lp - b_lp).abs().max()))
     assert gap_base > 0.05  # trained and base model really differ on this continuation
-    ray.kill(worker)
-    place.remove()
+    engines.close()
 
 
 def _select_family(tmp_path, family):
@@ -109,7 +107,7 @@ def _select_family(tmp_path, family):
 
 
 def _train_args(tmp_path, sel, *sets):
-    extra = ["trainer.batch_prompts=16", "trainer.eval_samples=16", f"run.dir={tmp_path / 'run'}", *sets]
+    extra = ["trainer.prompts_per_step=16", "trainer.eval_samples=16", f"run.dir={tmp_path / 'run'}", *sets]
     return [sys.executable, "-m", "cropi.cli", "train", "configs/tiny-cpu.yaml", "--phase", "0",
             "--selection", str(sel), *[a for s in extra for a in ("--set", s)]]
 

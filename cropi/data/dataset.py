@@ -12,9 +12,6 @@ naming the file and the row.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cropi.errors import DataError
+from cropi.store.files import read_jsonl, write_table
 
 
 @dataclass
@@ -69,16 +67,7 @@ def _read_raw(path: Path) -> list[dict]:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open() as fh:
-            for i, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path} row {len(rows)} (line {i + 1}): invalid JSON ({e.msg})") from None
-        return rows
+        return read_jsonl(path, log=False, error=DataError)
     raise DataError(f"{path}: unsupported dataset format {path.suffix!r}; use .parquet or .jsonl")
 
 
@@ -93,34 +82,9 @@ def load_prompts(path: str | Path) -> list[PromptRow]:
     return [_parse_row(r, f"{p} row {i}", i) for i, r in enumerate(raw)]
 
 
-def _atomic(path: str | Path, write) -> Path:
-    """Call write(tmp_path) on a temporary name beside `path`, then rename: readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
-def atomic_write_table(table: pa.Table, path: str | Path) -> Path:
-    """Write a Parquet file atomically."""
-    return _atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically."""
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def write_rows(rows: list[dict], path: str | Path) -> Path:
     """Write verl-schema rows as Parquet (atomically)."""
-    return atomic_write_table(pa.Table.from_pylist(rows), path)
+    return write_table(pa.Table.from_pylist(rows), path)
 
 
 def render_prompt(messages: list[dict], tokenizer=None) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
+from cropi import seeds
 from cropi.config import Config
 from cropi.data.dataset import PromptRow, load_prompts
 from cropi.data.tasks import write_suite
+from cropi.store.files import stable_hash, write_json
 
 
 def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
@@ -17,12 +17,12 @@ def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
     if not d.synthetic:
         return Path(d.train_path), {name: Path(p) for name, p in d.val_paths.items()}
     want = {"families": d.families, "train_size": d.train_size, "val_size": d.val_size, "seed": cfg.run.seed}
-    key = hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:10]
+    key = stable_hash(want)[:10]
     out = Path(d.data_dir) / f"suite-{key}"  # one folder per suite: configs never overwrite each other's data
     stamp = out / "suite.json"
     if not stamp.is_file():
-        write_suite(out, d.families, d.train_size, d.val_size, cfg.run.seed)
-        stamp.write_text(json.dumps(want))
+        write_suite(out, d.families, d.train_size, d.val_size, seeds.task_suite(cfg.run.seed))
+        write_json(want, stamp)  # written last: the suite is complete
     return out / "train.parquet", {fam: out / f"val_{fam}.parquet" for fam in d.families}
 
 

@@ -10,11 +10,10 @@ Pure torch, no Ray: Ray actors call these functions and stay thin.
     out = batched.prompt_scores(model, batch, coords, "projected", proj_dim=1024,
                                 proj_kind="rademacher", seed=proj_seed)            # 'projected' [P, k]
         # every mode also returns 'kl' [P], 'num_tokens' [P], 'objective' [P], 'zero_grad' [P]
-    reference.prompt_scores(...)   # same signature, one backward per prompt (tests, debugging)
 
-Additions to the planned API: mode "raw" ('grads' {layer: [P, S_l]}) and
-batched.prompt_gradients for raw sampled gradients; 'num_tokens' next to the token-mean 'kl' so
-the drift monitor can pool prompts by token count; 'objective' = J(s0). The KL is the
+Additions to the planned API: mode "raw" ('grads' {layer: [P, S_l]}) for raw sampled
+gradients; 'num_tokens' next to the token-mean 'kl' so the drift monitor can pool prompts by
+token count (objective.buffer_drift); 'objective' = J(s0). The KL is the
 importance-weighted estimator r log r - r + 1 (r = pi_theta / beta), unbiased for
 KL(pi_theta || beta) on tokens sampled from beta; objective.kl_from_behavior_samples says why
 not k3. Outputs come back on the CPU; all functions work inside no_grad/inference_mode.
@@ -23,7 +22,8 @@ Seeds: the coordinate seed (sample_coordinates) and the projection seed (prompt_
 separate arguments; pass different derived seeds. Projections are reproducible bit for bit for a
 device type (CPU and CUDA generators differ), whatever the batch split or process.
 
-Modules: batch (input rows), objective (J and the KL), params (which weights), coords (sparse
-sampling), layout (token grouping), capture (per-layer per-prompt gradients from hooks),
-projection (seeded block-wise int8 projection), batched (the engine), reference (the slow check).
+Modules: batch (input rows), objective (J, the KL and the drift), params (which weights), coords
+(sparse sampling), layout (token grouping), capture (per-layer per-prompt gradients from hooks),
+projection (seeded block-wise int8 projection), batched (the engine), actor (the Ray stage).
+The slow obvious check, one plain backward per prompt, is tests/support/reference_engine.py.
 """

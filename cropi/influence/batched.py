@@ -265,11 +265,6 @@ def prompt_scores(model, batch: TrajectoryBatch, coords: dict, mode: str, *, val
     return out
 
 
-def prompt_gradients(model, batch: TrajectoryBatch, coords: dict, grad_dtype="float32") -> dict[str, torch.Tensor]:
-    """Raw sampled per-prompt gradients {layer: [P, S_l]} (float32); flatten with coords.flatten."""
-    return prompt_scores(model, batch, coords, "raw", grad_dtype=grad_dtype)["grads"]
-
-
 @_with_grad
 def validation_mean_gradient(model, batches, coords: dict, grad_dtype="float32") -> dict[str, torch.Tensor]:
     """Mean over all prompts of `batches` of g(s0) at the sampled coordinates: {layer: [S_l]}.

@@ -21,7 +21,7 @@ from cropi.errors import CropiError
 from cropi.influence.layout import Layout
 from cropi.influence.params import lm_head_is_tied, output_embedding
 
-CHUNK_ELEMS = 1 << 21  # per-prompt gradient chunk G x rows x in (8 MiB in float32): measured best on CPU
+CHUNK_ELEMS = 1 << 21  # per-prompt gradient chunk G x rows x in (8 MiB in float32); benchmarks/influence_engine.py
 
 
 def sampled_outer_sum(delta: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, chunk_elems: int = CHUNK_ELEMS) -> torch.Tensor:

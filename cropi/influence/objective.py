@@ -47,13 +47,6 @@ def offpolicy_objective(logp: torch.Tensor, behavior_logp: torch.Tensor, weight:
     return out.index_add(0, group.reshape(-1), terms.reshape(-1))  # [G]
 
 
-def prompt_objective(logp: torch.Tensor, batch) -> torch.Tensor:
-    """J(s0) for every prompt of a TrajectoryBatch, from dense [N, L] policy log-probs. -> [P]"""
-    w = token_weights(batch.target_mask, batch.advantage, batch.prompt_index, batch.num_prompts)  # [N, L]
-    group = batch.prompt_index[:, None].expand_as(batch.target_mask)  # [N, L]
-    return offpolicy_objective(logp, batch.behavior_logp, w, batch.target_mask, group, batch.num_prompts)
-
-
 def kl_from_behavior_samples(logp: torch.Tensor, behavior_logp: torch.Tensor) -> torch.Tensor:
     """Per-token estimate of KL(pi_theta || beta) from tokens sampled from beta.
 
@@ -69,16 +62,8 @@ def kl_from_behavior_samples(logp: torch.Tensor, behavior_logp: torch.Tensor) ->
     return r * log_r - r + 1.0
 
 
-def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """The trainer's k3 estimator exp(ref - logp) - (ref - logp) - 1 (tokens sampled from pi_theta)."""
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1.0
-
-
-def prompt_kl(logp: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean KL estimate per prompt and its response-token count. -> ([P], [P])"""
-    mask = batch.target_mask
-    kl = torch.where(mask, kl_from_behavior_samples(logp, batch.behavior_logp), torch.zeros_like(logp))  # [N, L]
-    sums = torch.zeros(batch.num_prompts, device=logp.device).index_add(0, batch.prompt_index, kl.sum(1))  # [P]
-    counts = torch.zeros(batch.num_prompts, device=logp.device).index_add(0, batch.prompt_index, mask.sum(1).float())
-    return sums / counts.clamp(min=1), counts
+def buffer_drift(kl: torch.Tensor, num_tokens: torch.Tensor) -> float:
+    """The drift monitor's number: the token-weighted mean of per-prompt token-mean KL estimates
+    over the buffer, i.e. sum_p kl_p * n_p / sum_p n_p (0 for no tokens)."""
+    n = num_tokens.double()
+    return float((kl.double() * n).sum() / n.sum().clamp(min=1.0))

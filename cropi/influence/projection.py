@@ -19,10 +19,9 @@ int8 x int8 -> int32 matmul (AMX/VNNI on CPU, tensor cores on GPU) applies R to 
 Integer sums are exact, so y_b = 2^-e * sum_i 256^i (d_i @ R) is exact in float64 and the
 result does not depend on how the work is split. The only rounding after quantisation is the
 float64 sum over blocks, taken in the order blocks complete. Generating int8 moves 4x fewer
-bytes than float32 and the int8 GEMM runs faster than the float32 one; still, making R (about
-0.2 ns per entry on 2 CPU cores) costs more than applying it when few rows are projected at
-once, so the projection reaches half the float32 matmul FLOP/s only from ~64 rows up (see
-benchmarks/influence_engine.py). Within a block, R is made and applied SUB_ROWS rows at a time
+bytes than float32 and the int8 GEMM runs faster than the float32 one; still, making R costs
+more than applying it when few rows are projected at once (benchmarks/influence_engine.py
+measures the rate by row count). Within a block, R is made and applied SUB_ROWS rows at a time
 (consecutive pieces of the block's generator stream, laid out as R^T) so each piece is still
 in cache when the GEMM reads it.
 
@@ -116,12 +115,6 @@ class _Source:
                 self.index.copy_(self.words.view(torch.uint16))
                 piece = torch.index_select(self.table, 0, self.index, out=self.rows).to(torch.int8)  # [SUB*k, 1]
             yield start, piece.view(self.k, SUB_ROWS)[:, :min(SUB_ROWS, rows - start)]
-
-
-def generate_block(b: int, proj_dim: int, kind: str, seed: int, device="cpu") -> torch.Tensor:
-    """Row block b of R as integers (for tests and inspection). -> int8 [BLOCK_ROWS, k]"""
-    source = _Source(proj_dim, kind, seed, torch.device(device))
-    return torch.cat([p.t().clone() for _, p in source.pieces(b, BLOCK_ROWS)])
 
 
 def _int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

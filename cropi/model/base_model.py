@@ -4,27 +4,32 @@ A random model passes ~0% of prompts, so every GRPO advantage would be zero. We 
 tokenizer on the task text, build a small random-init `LlamaForCausalLM`, and give it a short
 supervised warm start on the training pool (loss on answer tokens only), checking the sampled
 pass rate of every validation set as it goes. It stops as soon as every rate lies in
-[target_pass_low, target_pass_high]; if that never happens it keeps the checkpoint seen
-closest to that band. Deterministic for a seed on a given machine.
+[base_model.target_pass_low, target_pass_high]; if that never happens it keeps the checkpoint
+seen closest to that band. Deterministic for a seed on a given machine.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from cropi import seeds
 from cropi.config import Config
 from cropi.data.dataset import PromptRow, render_prompt
 from cropi.data.rewards import load_reward_fn, score
 from cropi.data.tasks import make_problem
 from cropi.model.tokenizer import train_tokenizer
+from cropi.store.files import atomic_dir, read_json_if, write_json
 
 MARKER = "cropi_base_model.json"
+
+
+def base_model_hash(cfg: Config) -> str:
+    """What the tiny model is built from: its own section, the model path/dtype and the data."""
+    return cfg.section_hash("model", "base_model", "data")
 
 
 def sft_batch(tok, rows: list[PromptRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,8 +50,7 @@ def sample_pass_rate(model, tok, rows: list[PromptRow], reward_fn, n: int, tempe
     texts = [render_prompt(r.messages, tok) for r in rows for _ in range(n)]
     truths = [r.ground_truth for r in rows for _ in range(n)]
     enc = tok(texts, return_tensors="pt", padding=True)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeds.torch_seeded(seed):
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                              max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id)
@@ -82,24 +86,23 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
     """Build, warm-start and save the tiny model; returns the marker info (pass rates, timings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    m, seed = cfg.model, cfg.run.seed
+    m, seed = cfg.base_model, cfg.run.seed
     t0 = time.time()
     texts = [render_prompt(r.messages) + r.ground_truth for r in train]
-    tok = train_tokenizer(texts, m.build_vocab_size)
+    tok = train_tokenizer(texts, m.vocab_size)
     mcfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=m.build_hidden_size, intermediate_size=m.build_intermediate_size,
-        num_hidden_layers=m.build_num_layers, num_attention_heads=m.build_num_heads,
-        num_key_value_heads=m.build_num_heads, max_position_embeddings=cfg.rollout.max_model_len,
+        vocab_size=len(tok), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_heads, max_position_embeddings=cfg.rollout.max_model_len,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeds.torch_seeded(seeds.base_model_init(seed)):
         model = LlamaForCausalLM(mcfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=m.warm_start_lr, weight_decay=0.0)
     reward_fn = load_reward_fn(cfg.data.reward_fn)
-    rng = random.Random(seed + 1)
+    rng = random.Random(seeds.warm_start_data(seed))
     draw = _fresh_problems(cfg, val, rng) if cfg.data.synthetic else (lambda n: rng.sample(train, min(n, len(train))))
     eval_rows = {name: rows[: min(len(rows), 64)] for name, rows in val.items()}
     best = (float("inf"), None, None, 0)
@@ -114,7 +117,7 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
         if step % m.warm_start_eval_every and step != m.warm_start_steps:
             continue
         rates = {name: sample_pass_rate(model, tok, rows, reward_fn, n=4, temperature=cfg.rollout.temperature,
-                                        max_new_tokens=cfg.rollout.max_new_tokens, seed=seed + step)
+                                        max_new_tokens=cfg.rollout.max_new_tokens, seed=seeds.warm_start_eval(seed, step))
                  for name, rows in eval_rows.items()}
         dist = _band_distance(rates, m.target_pass_low, m.target_pass_high)
         history.append({"step": step, "loss": round(loss.item(), 4), **{k: round(v, 3) for k, v in rates.items()}})
@@ -125,13 +128,8 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
         if dist == 0.0:
             break
     model.load_state_dict(best[1])
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
     info = {
-        "config_hash": cfg.section_hash("model", "data"),
+        "config_hash": base_model_hash(cfg),
         "seed": seed,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "warm_start_steps": best[3],
@@ -140,12 +138,12 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
         "build_seconds": round(time.time() - t0, 2),
         "history": history,
     }
-    (tmp / MARKER).write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out_dir) as tmp:  # a model directory that exists is whole
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(info, tmp / MARKER)
     return info
 
 
 def read_marker(model_dir: str | Path) -> dict | None:
-    p = Path(model_dir) / MARKER
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json_if(Path(model_dir) / MARKER, "base model marker")

@@ -1,28 +1,44 @@
-"""`cropi rollout`: build the offline buffer with N vLLM workers, resuming what is done."""
+"""`cropi rollout`: build the offline buffer with N vLLM BufferWriters, resuming what is done."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from cropi.config import Config
+from cropi.data.dataset import PromptRow
+from cropi.data.rewards import load_reward_fn
 from cropi.data.suite import load_data
 from cropi.errors import CropiError
 from cropi.model.loading import check_model_dir, load_tokenizer
-from cropi.data.rewards import load_reward_fn
-from cropi.rollout.buffer import buffer_dir, claim_buffer, plan_shards, read_manifest, summarise, write_json_atomic
+from cropi.store.buffer import ShardSpec, claim_buffer, read_manifest, summarise, write_manifest
+from cropi.store.paths import RunPaths
 
 
-def build_buffer(cfg: Config, progress: bool = True) -> dict:
+def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) -> list[ShardSpec]:
+    if not train:
+        raise CropiError("the training prompt list is empty: nothing to roll out (check data.train_path)")
+    for name, rows in val.items():
+        if not rows:
+            raise CropiError(f"validation set {name!r} is empty: nothing to roll out")
+    size = cfg.rollout.shard_size
+    specs = []
+    for split, rows, k in [("train", train, cfg.rollout.k_train)] + [
+            (f"val/{name}", rows, cfg.rollout.k_val) for name, rows in val.items()]:
+        for i in range(0, len(rows), size):
+            specs.append(ShardSpec(split, i // size, rows[i:i + size], k))
+    return specs
+
+
+def build_buffer(cfg, progress: bool = True) -> dict:
     """Build (or finish) RUN_DIR/buffer; returns the completed manifest."""
-
     check_model_dir(cfg.model.path)
     load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
     load_reward_fn(cfg.data.reward_fn)
     train, val = load_data(cfg)
     specs = plan_shards(cfg, train, val)
-    fresh = not (buffer_dir(cfg) / "manifest.json").is_file()
-    bdir = claim_buffer(cfg, specs)
+    bdir = RunPaths.of(cfg).buffer
+    fresh = not (bdir / "manifest.json").is_file()
+    claim_buffer(cfg, specs)
     try:
         _build(cfg, specs, bdir, progress)
     except CropiError:
@@ -32,43 +48,23 @@ def build_buffer(cfg: Config, progress: bool = True) -> dict:
                 bdir.parent.rmdir()
         raise
     manifest = read_manifest(bdir)
-    manifest.update(summarise(bdir), complete=True)
-    write_json_atomic(bdir / "manifest.json", manifest)
+    if not manifest.get("complete"):
+        manifest.update(summarise(bdir), complete=True)
+        write_manifest(bdir, manifest)
     return manifest
 
 
-def _build(cfg: Config, specs, bdir: Path, progress: bool) -> None:
-    import ray
+def _build(cfg, specs: list[ShardSpec], bdir: Path, progress: bool) -> None:
     from tqdm import tqdm
 
-    from cropi.placement import workers_placement
-    from cropi.ray_utils import get, ray_session
-    from cropi.rollout.worker import start_workers
+    from cropi.ray_utils import ray_session
+    from cropi.rollout.writer import write_shards
 
     todo = [s for s in specs if not (bdir / s.relpath).is_file()]
-    if todo:
-        with ray_session(cfg):
-            ro = cfg.rollout
-            place = workers_placement(ro.num_workers, ro.num_cpus_per_worker, ro.num_gpus_per_worker, "buffer")
-            workers = start_workers(cfg, str(Path(cfg.model.path).resolve()), place, list(range(ro.num_workers)))
-            bar = tqdm(total=sum(len(s.rows) for s in specs), initial=sum(len(s.rows) for s in specs) - sum(len(s.rows) for s in todo),
-                       desc="buffer prompts", unit="prompt", disable=not progress)
-            pending, queue = {}, list(todo)
-            idle = list(workers)
-            while queue or pending:
-                while queue and idle:
-                    w, spec = idle.pop(), queue.pop(0)
-                    pending[w.build_shard.remote(spec, str(bdir / spec.relpath))] = (w, spec)
-                done, _ = ray.wait(list(pending), num_returns=1)
-                w, spec = pending.pop(done[0])
-                try:
-                    get(done[0])
-                except ray.exceptions.RayActorError as e:
-                    raise CropiError(f"rollout worker died while building {spec.relpath} ({type(e).__name__}); "
-                                     "rerun the same command to resume: complete shards are kept") from None
-                bar.update(len(spec.rows))
-                idle.append(w)
-            bar.close()
-            for w in workers:
-                ray.kill(w)
-            place.remove()
+    if not todo:
+        return
+    total = sum(len(s.rows) for s in specs)
+    with ray_session(cfg), tqdm(total=total, initial=total - sum(len(s.rows) for s in todo), desc="buffer prompts",
+                                unit="prompt", disable=not progress) as bar:
+        write_shards(cfg, str(Path(cfg.model.path).resolve()), [(s, bdir / s.relpath) for s in todo], "buffer",
+                     on_done=lambda job, _: bar.update(len(job[0].rows)))

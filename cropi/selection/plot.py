@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cropi.store.selection import read_selection
 
 SELECTED_COLOR = "#d95f02"
 OTHER_COLOR = "#9e9e9e"
@@ -78,8 +79,7 @@ def plot_selection(selection: str | Path | pa.Table, summaries: list[dict], out_
     """Write the PNG: histograms from one selection (a selection.parquet path, its directory, or
     the table), composition bars from the summaries of every phase so far (oldest first)."""
     if not isinstance(selection, pa.Table):
-        p = Path(selection)
-        selection = pq.read_table(p / "selection.parquet" if p.is_dir() else p)
+        selection = read_selection(selection)
     sets = [c.removeprefix("score__") for c in selection.column_names if c.startswith("score__")]
     labels = labels or [phase_label(s, i) for i, s in enumerate(summaries)]
     fig = Figure(figsize=(max(8.0, 3.6 * len(sets)), 7.5), layout="constrained")

@@ -3,13 +3,16 @@
 Pure numpy, no I/O and no Ray. The streaming driver (`select.py`) feeds these one batch of
 training prompts at a time; a test feeds them the whole pool at once and gets the same numbers.
 
-- Target of a validation set V_j: v_j = mean of the projected gradients of at most
-  `max_val_grads` of its prompts (paper: 100). Zero-gradient validation prompts are dropped
-  first (they would only shrink the mean, never turn it, but would take sampling slots). If more
-  remain than `max_val_grads`, a subset is drawn without replacement by
-  `np.random.default_rng([seed, crc32(set name)])`, so a set's draw depends on the seed and its
-  name only, not on which other sets exist. In `exact` mode the gradient actor forms v_j itself
-  and the selector only gets ||v_j|| (`val_targets.json`).
+- Target of a validation set V_j: v_j = mean gradient of at most `max_val_grads` of its
+  prompts (paper: 100), chosen by `val_target_prompts` in both modes. Zero-gradient validation
+  prompts are dropped first (they would only shrink the mean, never turn it, but would take
+  sampling slots). If more remain than `max_val_grads`, a subset of the remaining prompts
+  (sorted by prompt_id) is drawn without replacement by
+  `np.random.default_rng([seeds.val_targets(run seed), crc32(set name)])`: a set's draw depends
+  on the run seed and its name only, not on the phase, the mode or which other sets exist, so
+  every phase is scored against targets formed from the same prompts. In `exact` mode the
+  influence stage forms v_j itself from those prompts and the selector only gets ||v_j||
+  (`val_targets.json`); in `projected` mode the selector averages their projected gradients.
 - Score: cos(g, v_j) = <g, v_j> / (||g|| ||v_j||), accumulated in float64 whatever the stored
   dtype (fp16 values are exact in float64), bit-identical however the rows are batched. Not
   clipped to [-1, 1].
@@ -37,18 +40,28 @@ def sample_val_indices(num_eligible: int, max_val_grads: int, seed: int, set_nam
     return np.sort(rng.choice(num_eligible, size=max_val_grads, replace=False))
 
 
-def val_target(grads: np.ndarray, zero_grad: np.ndarray, max_val_grads: int, seed: int,
-               set_name: str) -> tuple[np.ndarray, int]:
-    """v_j = mean of the sampled non-zero validation gradients, float64 [k]; and how many were
-    used. `grads` [M, k] must be in a fixed order (the driver sorts by prompt_id). Returns
-    (zeros, 0) when no prompt has a non-zero gradient; the caller decides that is an error."""
+def val_target_prompts(prompt_ids: np.ndarray, eligible: np.ndarray, max_val_grads: int, seed: int,
+                       set_name: str) -> np.ndarray:
+    """The prompt ids (ascending) that form a validation set's target: the eligible ones among
+    `prompt_ids`, all of them if at most `max_val_grads`, else a seeded draw (module docstring)."""
+    ids = np.asarray(prompt_ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    live = ids[order][np.asarray(eligible, dtype=bool)[order]]
+    return live[sample_val_indices(len(live), max_val_grads, seed, set_name)]
+
+
+def val_target(prompt_ids: np.ndarray, grads: np.ndarray, zero_grad: np.ndarray, max_val_grads: int, seed: int,
+               set_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """v_j = mean of the chosen non-zero validation gradients, float64 [k]; and the chosen prompt
+    ids. grads [M, k] row i belongs to prompt_ids[i]. Returns (zeros, []) when no prompt has a
+    non-zero gradient; the caller decides that is an error."""
     g = np.asarray(grads)
     keep = ~np.asarray(zero_grad, dtype=bool) & np.any(g != 0, axis=1)  # [M]
-    eligible = np.flatnonzero(keep)
-    if len(eligible) == 0:
-        return np.zeros(g.shape[1], np.float64), 0
-    idx = eligible[sample_val_indices(len(eligible), max_val_grads, seed, set_name)]
-    return g[idx].astype(np.float64).mean(axis=0), len(idx)  # [k]
+    chosen = val_target_prompts(prompt_ids, keep, max_val_grads, seed, set_name)
+    if len(chosen) == 0:
+        return np.zeros(g.shape[1], np.float64), chosen
+    rows = np.isin(np.asarray(prompt_ids, np.int64), chosen)
+    return g[rows].astype(np.float64).mean(axis=0), chosen  # [k]
 
 
 def cosine_from_dots(dots: np.ndarray, norms: np.ndarray, zero_grad: np.ndarray,

@@ -3,40 +3,33 @@
 `run_selection` is a plain function (the Ray actor that runs it is a thin shell elsewhere):
 
 1. check the config, the manifest and the previous selection before any heavy reading;
-2. form the validation targets (`reader.load_*_targets`);
+2. form the validation targets (projected: `scoring.val_target` over the stored validation
+   gradients; exact: the norms the influence stage wrote);
 3. stream the training shards one record batch at a time, keeping only the per-prompt scores
    [N, S] float64 (a pool of 10^6 prompts and 8 sets is 64 MB, whatever k is), and check that
    the shards' prompt ids are exactly the pool's, each once;
 4. rank, fuse and keep the top alpha (`fusion.select_from_scores`);
-5. write selection.parquet, then selection_summary.json, each under a temporary name and
-   renamed into place. Any stale summary is removed first, so a summary on disk always
-   describes the selection.parquet beside it; an error before step 5 writes nothing.
-
-selection.parquet, one row per pool prompt in prompt_id order: prompt_id, data_source, family,
-zero_grad, score__<set> (cosine; 0.0 when zero_grad), rank__<set> (1-based), fused (-inf when
-zero_grad), selected.
+5. write selection.parquet and selection_summary.json (cropi.store.selection: its format, and
+   why a summary on disk always describes the table beside it); an error before step 5 writes
+   nothing.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from cropi.config import SelectionConfig
-from cropi.data.dataset import PromptRow, atomic_write_table, atomic_write_text
+from cropi.config import SelectionConfig, validate_section
+from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
-from cropi.selection import reader
 from cropi.selection.fusion import select_from_scores
-from cropi.selection.scoring import cosine_from_dots, projected_scores
+from cropi.selection.scoring import cosine_from_dots, projected_scores, val_target
 from cropi.selection.summary import composition, jaccard, score_stats
-
-SELECTION_FILE = "selection.parquet"
-SUMMARY_FILE = "selection_summary.json"
+from cropi.store import influence as store
+from cropi.store.selection import SELECTION_FILE, read_selection, write_selection
 
 
 def _pool_arrays(prompts: list[PromptRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,20 +49,28 @@ def _pool_arrays(prompts: list[PromptRow]) -> tuple[np.ndarray, np.ndarray, np.n
 
 def previous_selected_ids(path: str | Path) -> np.ndarray:
     """Selected prompt ids of an earlier selection.parquet (or of the directory holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / SELECTION_FILE
-    if not p.is_file():
-        raise CropiError(f"previous selection {p} does not exist")
-    try:
-        t = pq.read_table(p, columns=["prompt_id", "selected"])
-    except (pa.ArrowInvalid, OSError, KeyError) as e:
-        raise CropiError(f"previous selection {p}: not a selection file with prompt_id and selected ({e})") from None
+    t = read_selection(path, ["prompt_id", "selected"])
     ids, sel = t.column("prompt_id").to_numpy(), t.column("selected").to_numpy(zero_copy_only=False)
     return ids[sel]
 
 
-def stream_scores(m: reader.Manifest, pool_ids: np.ndarray, targets: np.ndarray | None,
+def load_projected_targets(m: store.Manifest, max_val_grads: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Targets [S, k] float64 and per-set info {set: {num_prompts, num_used, target_norm, prompt_ids}}."""
+    targets, info = [], {}
+    for name in m.sets:
+        ids, zero, grads = store.read_val_set(m, name)
+        v, chosen = val_target(ids, grads, zero, max_val_grads, seed, name)
+        norm = float(np.linalg.norm(v))
+        if len(chosen) == 0 or norm == 0:
+            raise CropiError(f"validation set {name!r}: every one of its {len(ids)} prompts has a zero gradient; "
+                             "no target to score against")
+        targets.append(v)
+        info[name] = {"num_prompts": int(len(ids)), "num_used": int(len(chosen)), "target_norm": norm,
+                      "prompt_ids": chosen.tolist()}
+    return np.stack(targets), info
+
+
+def stream_scores(m: store.Manifest, pool_ids: np.ndarray, targets: np.ndarray | None,
                   target_norms: np.ndarray, batch_rows: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Scores [N, S] and eligibility [N] of every pool prompt (pool_ids sorted), from the
     training shards read batch by batch; and the number of rows read. Unknown, duplicate and
@@ -81,7 +82,7 @@ def stream_scores(m: reader.Manifest, pool_ids: np.ndarray, targets: np.ndarray 
     dups: list[str] = []
     n_unknown = n_dup = rows = 0
     for si, path in enumerate(m.train_paths()):
-        for ids, zero, payload in reader.iter_train_batches(path, m, batch_rows):
+        for ids, zero, payload in store.iter_train_batches(path, m, batch_rows):
             rows += len(ids)
             pos = np.minimum(np.searchsorted(pool_ids, ids), n - 1)
             known = pool_ids[pos] == ids
@@ -143,16 +144,17 @@ def run_selection(influence_dir: str | Path, prompts: list[PromptRow], cfg: Sele
     and returns the summary. `batch_rows` bounds the training rows held at once (default: about
     64 MB of float64). Raises CropiError (nothing written) on any inconsistent input."""
     t0 = time.perf_counter()
-    cfg.validate()
-    m = reader.read_manifest(influence_dir)
+    validate_section(cfg, "selection")
+    m = store.read_manifest(influence_dir)
     ids, ds, fam = _pool_arrays(prompts)
     prev = previous_selected_ids(previous_selection) if previous_selection is not None else None
     if m.mode == "projected":
-        targets, val_info = reader.load_projected_targets(m, cfg.max_val_grads, seed)
+        targets, val_info = load_projected_targets(m, cfg.max_val_grads, seed)
         target_norms = np.linalg.norm(targets, axis=1)
     else:
-        targets, (target_norms, val_info) = None, reader.load_exact_targets(m)
-    scores, eligible, rows = stream_scores(m, ids, targets, target_norms, batch_rows or reader.default_batch_rows(m))
+        targets, (target_norms, val_info) = None, store.read_val_targets(m)
+    batch_rows = batch_rows or store.default_batch_rows(m)
+    scores, eligible, rows = stream_scores(m, ids, targets, target_norms, batch_rows)
     if not eligible.any():
         raise CropiError(f"every one of the {len(ids)} training prompts has a zero gradient in {m.dir}; "
                          "nothing to select (refresh the buffer?)")
@@ -172,14 +174,10 @@ def run_selection(influence_dir: str | Path, prompts: list[PromptRow], cfg: Sele
             "path": str(previous_selection), "selected": int(len(prev)), "intersection": int(np.isin(ids[sel], prev).sum()),
             "jaccard": jaccard(ids[sel], prev)},
         "io": {"train_shards": m.num_train_shards, "rows_read": rows,
-               "batch_rows": batch_rows or reader.default_batch_rows(m)},
+               "batch_rows": batch_rows},
     }
     table = _selection_table(m.sets, ids, ds, fam, eligible, scores, res)
     summary["seconds"] = round(time.perf_counter() - t0, 3)  # scoring and selection, before writing
-    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"  # fails here, not between the two writes
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY_FILE).unlink(missing_ok=True)
-    atomic_write_table(table, out / SELECTION_FILE)
-    atomic_write_text(text, out / SUMMARY_FILE)
+    write_selection(table, out / SELECTION_FILE, summary)
     return summary

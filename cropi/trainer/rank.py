@@ -2,7 +2,7 @@
 
 The group of W ranks owns its own torch.distributed process group (gloo on CPU, NCCL on GPU),
 set up from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; DeepSpeed ZeRO (stage from config) wraps
-the model with the client optimizer torch AdamW (DeepSpeed's own Adam would compile 1-2 min of
+the model with the client optimizer torch AdamW (DeepSpeed's own Adam would compile
 C++ on CPU). Every rank also holds the frozen reference model for the KL term.
 """
 
@@ -12,12 +12,10 @@ import os
 
 import ray
 
-from cropi.config import Config
-
 
 @ray.remote
 class TrainerRank:
-    def __init__(self, cfg: Config, rank: int, world_size: int):
+    def __init__(self, cfg, rank: int, world_size: int):
         self.cfg, self.rank, self.world = cfg, rank, world_size
 
     def address(self) -> tuple[str, int]:
@@ -42,7 +40,6 @@ class TrainerRank:
         from cropi.model.loading import load_model
 
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
-        torch.manual_seed(cfg.run.seed)
         self.device = "cpu" if cpu else "cuda"
         model = load_model(init_path, cfg.model.dtype, self.device)
         model.config.use_cache = False

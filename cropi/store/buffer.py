@@ -1,32 +1,32 @@
-"""The offline buffer on disk: layout, schema, shard plan, manifest, and reading it back.
+"""The offline buffer on disk: schema, shard names, manifest, and reading it back.
 
     RUN_DIR/buffer/manifest.json                 config hash, model, counts, schema version
     RUN_DIR/buffer/train/shard-00000.parquet     one row per trajectory
     RUN_DIR/buffer/val/<set>/shard-00000.parquet
+    RUN_DIR/phase-M/refresh/shard-i.parquet      same schema (split "refresh/phase-M")
 
 A shard is written under a temporary name and renamed when complete, so a shard file that
 exists is whole; a rerun skips those and redoes the rest. A buffer whose manifest has another
-config hash is refused rather than mixed.
+config hash is refused rather than mixed. The hash covers what the trajectories depend on:
+data, model, seed and the rollout section; never resources (worker counts, GPUs).
 """
 
 from __future__ import annotations
 
-import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cropi.config import Config
-from cropi.data.dataset import PromptRow, atomic_write_text
 from cropi.errors import CropiError
+from cropi.store.files import read_json_if, stable_hash, write_json
+from cropi.store.paths import SHARD_GLOB, RunPaths, shard_name
 
 SCHEMA_VERSION = 1
 
 SCHEMA = pa.schema([
-    ("split", pa.string()),            # "train" or "val/<set>"
+    ("split", pa.string()),            # "train", "val/<set>" or "refresh/phase-M"
     ("prompt_id", pa.int64()),         # row of the prompt in its dataset file
     ("sample_index", pa.int32()),      # 0..K-1 within the prompt's group
     ("data_source", pa.string()),
@@ -44,24 +44,24 @@ SCHEMA = pa.schema([
     ("advantage", pa.float32()),       # (reward - group_mean) / (group_std + eps)
 ])
 
+# what the influence engine reads of a shard
+GRADIENT_COLUMNS = ["prompt_id", "prompt_ids", "response_ids", "behavior_logp", "advantage", "group_std"]
+
 
 @dataclass
 class ShardSpec:
+    """One shard to roll out: `rows` (PromptRows) of `split`, K samples each."""
     split: str
     index: int
-    rows: list[PromptRow]
+    rows: list
     k: int
 
     @property
     def relpath(self) -> str:
-        return f"{self.split}/shard-{self.index:05d}.parquet"
+        return f"{self.split}/{shard_name(self.index)}"
 
 
-def buffer_dir(cfg: Config) -> Path:
-    return Path(cfg.run.dir) / "buffer"
-
-
-def buffer_hash(cfg: Config) -> str:
+def buffer_hash(cfg) -> str:
     """What the buffer's content depends on (not worker counts or resources)."""
     r = cfg.rollout
     return stable_hash({
@@ -72,45 +72,30 @@ def buffer_hash(cfg: Config) -> str:
     })
 
 
-def stable_hash(obj) -> str:
-    """Short sha256 of a JSON-able object (keys sorted): what an artifact was built from."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def prompt_seed(run_seed: int, split: str, prompt_id: int) -> int:
-    """Sampling seed of one prompt's group: independent of sharding and worker count."""
-    return (run_seed * 1_000_003 + zlib.crc32(split.encode()) * 7919 + prompt_id) % (2**31 - 1)
-
-
-def plan_shards(cfg: Config, train: list[PromptRow], val: dict[str, list[PromptRow]]) -> list[ShardSpec]:
-    if not train:
-        raise CropiError("the training prompt list is empty: nothing to roll out (check data.train_path)")
-    for name, rows in val.items():
-        if not rows:
-            raise CropiError(f"validation set {name!r} is empty: nothing to roll out")
-    size = cfg.rollout.shard_size
-    specs = []
-    for split, rows, k in [("train", train, cfg.rollout.k_train)] + [
-            (f"val/{name}", rows, cfg.rollout.k_val) for name, rows in val.items()]:
-        for i in range(0, len(rows), size):
-            specs.append(ShardSpec(split, i // size, rows[i:i + size], k))
-    return specs
-
-
 def read_manifest(bdir: Path) -> dict | None:
-    p = bdir / "manifest.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json_if(Path(bdir) / "manifest.json", "buffer manifest")
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True), path)
+def write_manifest(bdir: Path, manifest: dict) -> None:
+    write_json(manifest, Path(bdir) / "manifest.json")
 
 
-def claim_buffer(cfg: Config, specs: list[ShardSpec]) -> Path:
+def complete_manifest(cfg) -> tuple[Path, dict]:
+    """(buffer dir, manifest) of a finished buffer; CropiError if there is none."""
+    bdir = RunPaths.of(cfg).buffer
+    man = read_manifest(bdir)
+    if not man or not man.get("complete"):
+        raise CropiError(f"buffer {bdir} is missing or incomplete: run `cropi rollout` first")
+    return bdir, man
+
+
+def val_sets(manifest: dict) -> list[str]:
+    return [s.split("/", 1)[1] for s in manifest["splits"] if s.startswith("val/")]
+
+
+def claim_buffer(cfg, specs: list[ShardSpec]) -> Path:
     """Create or re-open the buffer directory; refuse one built with another config."""
-    bdir = buffer_dir(cfg)
+    bdir = RunPaths.of(cfg).buffer
     want = buffer_hash(cfg)
     manifest = read_manifest(bdir)
     if manifest is not None and manifest.get("config_hash") != want:
@@ -122,7 +107,7 @@ def claim_buffer(cfg: Config, specs: list[ShardSpec]) -> Path:
             d = splits.setdefault(s.split, {"num_prompts": 0, "k": s.k, "num_shards": 0})
             d["num_prompts"] += len(s.rows)
             d["num_shards"] += 1
-        write_json_atomic(bdir / "manifest.json", {
+        write_manifest(bdir, {
             "schema_version": SCHEMA_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
             "splits": splits, "complete": False,
         })
@@ -131,12 +116,20 @@ def claim_buffer(cfg: Config, specs: list[ShardSpec]) -> Path:
     return bdir
 
 
+def train_shards(bdir: Path) -> list[Path]:
+    return sorted((Path(bdir) / "train").glob(SHARD_GLOB))
+
+
 def read_split(bdir: Path, split: str, columns: list[str] | None = None) -> pa.Table:
     """All trajectories of one split ("train" or "val/<set>"), shards in order."""
-    files = sorted((bdir / split).glob("shard-*.parquet"))
+    files = sorted((Path(bdir) / split).glob(SHARD_GLOB))
     if not files:
         raise CropiError(f"buffer {bdir} has no shards for split {split!r}")
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def read_rows(path: Path, columns: list[str] = GRADIENT_COLUMNS) -> list[dict]:
+    return pq.read_table(path, columns=columns).to_pylist()
 
 
 def summarise(bdir: Path) -> dict:
@@ -151,7 +144,6 @@ def summarise(bdir: Path) -> dict:
         ids = t.column("prompt_id").to_numpy()
         std = t.column("group_std").to_numpy()
         zero = len(set(ids[std == 0].tolist()))
-        ntraj = t.num_rows
         b = np.concatenate([np.asarray(x, dtype=np.float64) for x in t.column("behavior_logp").to_pylist()] or [[]])
         v = np.concatenate([np.asarray(x, dtype=np.float64) for x in t.column("vllm_logp").to_pylist()] or [[]])
         if len(b):
@@ -160,7 +152,7 @@ def summarise(bdir: Path) -> dict:
             diffs_max = max(diffs_max, float(d.max()))
             n_tok += len(d)
         out["splits"][split] = {
-            **info, "num_trajectories": ntraj, "num_prompts_present": len(set(ids.tolist())),
+            **info, "num_trajectories": t.num_rows, "num_prompts_present": len(set(ids.tolist())),
             "zero_advantage_prompts": zero, "mean_reward": float(t.column("reward").to_numpy().mean()),
             "num_response_tokens": int(sum(len(x) for x in t.column("response_ids").to_pylist())),
         }

@@ -4,7 +4,8 @@ For each prompt: run the model's ordinary forward on that prompt's trajectories 
 logits), J(s0) from objective.py, J.backward() into the parameters' .grad, flatten each chosen
 weight's .grad, index the sampled coordinates, concatenate, cast to grad_dtype, then project or
 dot. Same signature and outputs as cropi.influence.batched.prompt_scores; the tests hold the
-batched engine to it.
+batched engine to it. Also here: the dense [N, L] forms of the objective and the drift KL that
+the reference uses (the engine computes them on its grouped layout), and the trainer's k3.
 
 The prompt's rows keep the batch's padded width: in float32 a Hugging Face forward of the same
 tokens differs by ~5e-6 in log-prob when the padded width changes (attention kernels block
@@ -19,9 +20,37 @@ import torch
 from cropi.errors import CropiError
 from cropi.influence.batch import TrajectoryBatch
 from cropi.influence.batched import MODES, _dtype, _with_grad
+from cropi.influence.batched import prompt_scores as engine_prompt_scores
 from cropi.influence.coords import flatten
-from cropi.influence.objective import prompt_kl, prompt_objective, token_logp
+from cropi.influence.objective import kl_from_behavior_samples, offpolicy_objective, token_logp, token_weights
 from cropi.influence.projection import project
+
+
+def prompt_objective(logp: torch.Tensor, batch) -> torch.Tensor:
+    """J(s0) for every prompt of a TrajectoryBatch, from dense [N, L] policy log-probs. -> [P]"""
+    w = token_weights(batch.target_mask, batch.advantage, batch.prompt_index, batch.num_prompts)  # [N, L]
+    group = batch.prompt_index[:, None].expand_as(batch.target_mask)  # [N, L]
+    return offpolicy_objective(logp, batch.behavior_logp, w, batch.target_mask, group, batch.num_prompts)
+
+
+def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """The trainer's k3 estimator exp(ref - logp) - (ref - logp) - 1 (tokens sampled from pi_theta)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def prompt_kl(logp: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-mean KL estimate per prompt and its response-token count. -> ([P], [P])"""
+    mask = batch.target_mask
+    kl = torch.where(mask, kl_from_behavior_samples(logp, batch.behavior_logp), torch.zeros_like(logp))  # [N, L]
+    sums = torch.zeros(batch.num_prompts, device=logp.device).index_add(0, batch.prompt_index, kl.sum(1))  # [P]
+    counts = torch.zeros(batch.num_prompts, device=logp.device).index_add(0, batch.prompt_index, mask.sum(1).float())
+    return sums / counts.clamp(min=1), counts
+
+
+def prompt_gradients(model, batch: TrajectoryBatch, coords: dict, grad_dtype="float32") -> dict[str, torch.Tensor]:
+    """The batched engine's raw sampled per-prompt gradients {layer: [P, S_l]} (float32)."""
+    return engine_prompt_scores(model, batch, coords, "raw", grad_dtype=grad_dtype)["grads"]
 
 
 def dense_logp(model, batch: TrajectoryBatch) -> torch.Tensor:

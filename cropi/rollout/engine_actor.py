@@ -1,0 +1,50 @@
+"""`RolloutEngine`: the vLLM engine service of GRPO training, as a Ray actor (a thin shell).
+
+Sampling with rewards from the current weights, the engine's own log-probs, and weight sync.
+It writes nothing: the offline buffer has its own writer (`writer.BufferWriter`).
+"""
+
+from __future__ import annotations
+
+import ray
+
+
+@ray.remote
+class RolloutEngine:
+    def __init__(self, cfg, model_path: str, worker_index: int):
+        from cropi.rollout.engine import open_engine
+
+        self.cfg = cfg
+        self.tok, self.llm, self.reward_fn = open_engine(cfg, model_path, worker_index)
+
+    def generate(self, rows, n: int, temperature: float, seeds: list[int], where: str = "train") -> dict:
+        """Fresh samples from the current weights, rewarded (GRPO rollouts and validation)."""
+        from cropi.rollout.engine import sample_and_score
+
+        ro = self.cfg.rollout
+        prompt_ids, groups, rewards = sample_and_score(self.llm, self.tok, self.reward_fn, rows, n, temperature,
+                                                       ro.top_p, ro.max_new_tokens, seeds, where)
+        return {"prompt_ids": prompt_ids, "rewards": rewards.tolist(),
+                "response_ids": [[s.token_ids for s in g] for g in groups],
+                "logprobs": [[s.logprobs for s in g] for g in groups]}
+
+    def prompt_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
+        from cropi.rollout.engine import prompt_logprobs
+
+        return prompt_logprobs(self.llm, token_ids)
+
+    def load_weights(self, blob: bytes) -> int:
+        from cropi.rollout.engine import load_weights
+
+        return load_weights(self.llm, blob)
+
+
+def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **kw):
+    """A WorkerPool of RolloutEngines (in `placement`'s `bundles` when given)."""
+    from cropi.pool import WorkerPool
+    from cropi.rollout.engine import actor_options
+
+    r = cfg.resources.rollout
+    return WorkerPool(RolloutEngine, lambda i: (cfg, model_path, i), count=cfg.train_engines(), cpus=r.num_cpus,
+                      gpus=r.num_gpus, what=f"{tag} rollout engines", name=f"cropi-rollout-{tag}",
+                      options=actor_options(cfg), placement=placement, bundles=bundles, **kw)

@@ -1,0 +1,1 @@
+"""Test scaffolding: slow reference implementations and fake inputs (tests and benchmarks only)."""

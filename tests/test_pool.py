@@ -1,0 +1,90 @@
+"""The one worker lifecycle: work goes to idle actors, errors surface cleanly, and the actors and
+their placement group are gone afterwards whatever happened."""
+
+import os
+import time
+
+import pytest
+import ray
+
+from cropi.errors import CropiError
+from cropi.pool import WorkerPool
+
+pytestmark = pytest.mark.integration
+
+
+@ray.remote
+class Echo:
+    def __init__(self, index: int):
+        self.index = index
+
+    def work(self, x):
+        if x == "bad":
+            raise CropiError("row 7 of the input is bad")
+        if x == "die":
+            os._exit(1)
+        time.sleep(0.05)
+        return self.index, x
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _pool(name):
+    return WorkerPool(Echo, lambda i: (i,), count=2, cpus=0.5, gpus=0.0, what="test stage", name=name)
+
+
+def _gone(name, count=2, timeout=30.0):
+    """Every actor of the pool is dead and its placement group removed."""
+    from ray.util import placement_group_table
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = []
+        for i in range(count):
+            try:
+                ray.get_actor(f"{name}-{i}")
+                alive.append(i)
+            except ValueError:
+                pass
+        groups = [g for g in placement_group_table().values() if g["state"] != "REMOVED"]
+        if not alive and not groups:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_map_returns_in_item_order_using_every_actor(ray_local):
+    seen = []
+    with _pool("cropi-test-a") as pool:
+        out = pool.map(lambda a, x: a.work.remote(x), list(range(8)), on_done=lambda x, r: seen.append(x))
+        assert len(pool) == 2
+    assert [x for _, x in out] == list(range(8)) and sorted(seen) == list(range(8))
+    assert {i for i, _ in out} == {0, 1}  # both actors got work
+    assert _gone("cropi-test-a")
+
+
+def test_an_error_inside_an_actor_surfaces_as_itself_and_tears_down(ray_local):
+    with pytest.raises(CropiError, match="^row 7 of the input is bad$"):
+        with _pool("cropi-test-b") as pool:
+            pool.map(lambda a, x: a.work.remote(x), ["ok", "bad", "ok"])
+    assert _gone("cropi-test-b")
+
+
+def test_a_dead_actor_names_the_stage_and_the_item(ray_local):
+    with pytest.raises(CropiError, match="test stage: a worker died while working on die .*rerun the same command"):
+        with _pool("cropi-test-c") as pool:
+            pool.map(lambda a, x: a.work.remote(x), ["die"])
+    assert _gone("cropi-test-c")
+
+
+def test_an_exception_in_the_driver_still_tears_down(ray_local):
+    with pytest.raises(KeyError):
+        with _pool("cropi-test-d") as pool:
+            pool.map(lambda a, x: a.work.remote(x), [1])
+            raise KeyError("driver bug")
+    assert _gone("cropi-test-d")

@@ -6,7 +6,6 @@ import ray
 
 from cropi import seeds
 from cropi.data.dataset import PromptRow
-from cropi.ray_utils import get
 from cropi.store.files import read_json
 from cropi.store.paths import RunPaths
 
@@ -34,11 +33,11 @@ class Selector:
 
 
 def run_selector(cfg, phase: int, pool: list[PromptRow]) -> dict:
-    actor = Selector.options(name=f"cropi-selector-{phase}", num_cpus=min(1.0, cfg.resources.local_num_cpus)).remote()
-    try:
-        return get(actor.select.remote(cfg, phase, pool))
-    finally:
-        ray.kill(actor)
+    from cropi.pool import WorkerPool
+
+    with WorkerPool(Selector, lambda i: (), count=1, cpus=1.0, gpus=0.0, what=f"phase {phase} selection",
+                    name=f"cropi-selector-{phase}") as selector:
+        return selector.each(lambda a: a.select.remote(cfg, phase, pool))[0]
 
 
 __all__ = ["Selector", "run_selector", "select_phase"]

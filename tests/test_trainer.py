@@ -45,24 +45,38 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
     from cropi.model.sequences import collate, token_logprobs
     from cropi.trainer.group import TrainerGroup
 
+    from cropi.trainer import batching
+
     tok = load_tokenizer(tiny_model)
-    full = _batch(tok)
+    full = _batch(tok, n=7)  # odd: with 2 ranks one shard is shorter, and gets an empty micro-batch
+    lengths = [len(p) + len(r) for p, r in zip(full["prompt_ids"], full["response_ids"])]
     path = str(tiny_model)
     results = {}
-    for world in (1, 2):
+    for world, budget in ((1, 0), (2, 0), (1, 12), (2, 12)):
         # adam_eps=1 makes the update ~ lr * grad: with the default eps Adam's update is ~ lr * sign(grad),
         # which turns float32 summation-order noise in near-zero gradients into full-size steps
         cfg = load_config("configs/tiny-cpu.yaml", [f"trainer.world_size={world}", "trainer.lr=0.1",
-                                                    "trainer.adam_eps=1.0",
+                                                    "trainer.adam_eps=1.0", f"trainer.max_tokens_per_micro_batch={budget}",
                                                     "resources.trainer.num_cpus=0.5", "trainer.kl_coef=0.1"])
-        group = TrainerGroup(cfg, path, path, tag=f"w{world}")
-        shards = [{**full, **{k: full[k][r::world] for k in ("prompt_ids", "response_ids", "advantages")}}
-                  for r in range(world)]
+        group = TrainerGroup(cfg, path, path, tag=f"w{world}b{budget}")
+        parts = [list(range(r, len(lengths), world)) for r in range(world)]
+        plan = batching.plan([[lengths[i] for i in ix] for ix in parts], budget)
+        shards = [{**full, "micro_batches": mb, **{k: [full[k][i] for i in ix] for k in ("prompt_ids", "response_ids", "advantages")}}
+                  for ix, mb in zip(parts, plan)]
+        if budget:
+            assert [len(mb) for mb in plan] == ([7] if world == 1 else [4, 4])  # one sequence per micro-batch
+            assert world == 1 or plan[1][-1] == []
         ntok = sum(len(x) for x in full["response_ids"])
         for _ in range(2):
-            group.train_step(shards, float(ntok))
-        results[world] = group.weights()
+            out = group.train_step(shards, float(ntok))
+        assert out[0]["micro_batches"] == len(plan[0]) and sum(r["tokens"] for r in out) == ntok
+        results[world, budget] = group.weights()
         group.shutdown()
+    for key in ((2, 0), (1, 12), (2, 12)):  # micro-batched and sharded steps equal the one-rank unbatched step
+        a, b = _model_from_bytes(path, results[1, 0]), _model_from_bytes(path, results[key])
+        for (n, p1), (_, p2) in zip(a.state_dict().items(), b.state_dict().items()):
+            torch.testing.assert_close(p2, p1, rtol=1e-5, atol=1e-6, msg=f"{key} {n}")
+    results[1], results[2] = results[1, 0], results[2, 12]
     m1, m2 = _model_from_bytes(path, results[1]), _model_from_bytes(path, results[2])
     base = load_model(path)
     moved = 0.0

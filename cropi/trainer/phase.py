@@ -25,6 +25,7 @@ from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
 from cropi.store.files import append_jsonl, read_jsonl, write_json, write_jsonl
 from cropi.store.paths import RunPaths
+from cropi.trainer import batching
 
 
 def _split(items: list, n: int) -> list[list]:
@@ -142,9 +143,12 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B*G, T]
     const = t.loss_norm_constant or t.prompts_per_step * t.group_size * cfg.rollout.max_new_tokens
     gnorm = normaliser(mask, t.loss_agg, const)
+    parts = _split(list(range(len(responses))), t.world_size)
+    micro = batching.plan([[len(prompts[i]) + len(responses[i]) for i in ix] for ix in parts],
+                          t.max_tokens_per_micro_batch)
     shards = [{"prompt_ids": [prompts[i] for i in ix], "response_ids": [responses[i] for i in ix],
-               "advantages": [advs[i] for i in ix], "pad_id": tok.pad_token_id}
-              for ix in _split(list(range(len(responses))), t.world_size)]
+               "advantages": [advs[i] for i in ix], "pad_id": tok.pad_token_id, "micro_batches": mb}
+              for ix, mb in zip(parts, micro)]
     t0 = time.time()
     ranks = group.train_step(shards, gnorm)
     timing["train_step_seconds"] = time.time() - t0
@@ -159,7 +163,8 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
          "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,
          "clip_frac": sum(r["clip_sum"] for r in ranks) / ntok,
          "entropy": sum(r["entropy_sum"] for r in ranks) / ntok, "grad_norm": ranks[0]["grad_norm"],
-         "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()), **timing}
+         "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()),
+         "micro_batches": ranks[0]["micro_batches"], **timing}
     m["tokens_per_s"] = ntok / max(sum(timing.values()), 1e-9)
     if step % t.eval_every == 0 or step == steps:
         t0 = time.time()

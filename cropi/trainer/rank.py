@@ -43,7 +43,13 @@ class TrainerRank:
         self.device = "cpu" if cpu else "cuda"
         model = load_model(init_path, cfg.model.dtype, self.device)
         model.config.use_cache = False
+        if cfg.trainer.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref = load_model(ref_path, cfg.model.dtype, self.device).eval().requires_grad_(False)
+        # A step is a token-budgeted number of micro-batches that varies with the responses'
+        # lengths (cropi.trainer.batching): the step function marks the accumulation boundary
+        # itself (set_gradient_accumulation_boundary) and steps once, so DeepSpeed's own counters
+        # say one "micro-batch" per step and no loss scaling by accumulation steps.
         ds_config = {
             "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
             "train_batch_size": world_size, "gradient_clipping": 1.0,
@@ -56,9 +62,10 @@ class TrainerRank:
 
     def train_step(self, shard: dict, global_norm: float) -> dict:
         """One optimizer step; `shard` is this rank's part of the global batch."""
-        from cropi.trainer.step import grpo_step
+        from cropi.trainer.step import Accumulator, grpo_step
 
-        return grpo_step(self.engine, self.ref, shard, self.cfg.trainer, global_norm, self.world, self.device)
+        return grpo_step(Accumulator.deepspeed(self.engine), self.ref, shard, self.cfg.trainer, global_norm,
+                         self.world, self.device)
 
     def save_state(self, directory: str, step: int) -> None:
         """DeepSpeed checkpoint (model, optimizer, step) to resume mid-phase; collective."""

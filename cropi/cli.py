@@ -5,6 +5,7 @@
   cropi influence CONFIG --phase M gradient actors score every prompt against theta_M
   cropi select CONFIG --phase M    select phase M's subset from its influence output
   cropi train CONFIG --phase M     one GRPO phase on the phase's selection
+  cropi plan CONFIG                estimated peak memory per device of every stage (run refuses what does not fit)
   cropi run CONFIG [--method M]    the whole loop: buffer, then per phase influence, select, train
   cropi status RUN_DIR / cropi report RUN_DIR
   cropi config-reference           print the config reference (markdown) from the dataclasses
@@ -136,11 +137,28 @@ def cmd_run(args) -> int:
     from cropi.loop import run_loop
     from cropi.report import write_report
 
+    from cropi.model.loading import check_model_dir
+    from cropi.plan import check, estimate
+
     cfg = load_config(args.config, args.overrides)
+    check_model_dir(cfg.model.path)
+    check(estimate(cfg))  # refuse before anything launches
     t0 = time.time()
     result = run_loop(cfg, args.method)
     report = write_report(cfg.run.dir)
     print(json.dumps({**result, "wall_seconds": round(time.time() - t0, 1), "report": str(report)}, indent=2))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """Estimated peak memory per device for every stage; exit 2 if a stage does not fit."""
+    from cropi.config import load_config
+    from cropi.plan import check, estimate, render
+
+    cfg = load_config(args.config, args.overrides)
+    plan = estimate(cfg)
+    print(json.dumps(plan, indent=2) if args.json else render(plan))
+    check(plan)
     return 0
 
 
@@ -205,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="cropi", choices=METHODS,
                    help="cropi (influence-guided), full (whole pool) or random (random alpha per phase)")
     p.set_defaults(fn=cmd_run)
+    p = _with_config(sub.add_parser("plan", help="estimated peak memory per device for every stage, before launch"))
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.set_defaults(fn=cmd_plan)
     p = _with_config(sub.add_parser("demo", help="the tiny demo: base model pass rates, then cropi run"))
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("status", help="print where a run stands")

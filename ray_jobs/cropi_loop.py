@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None, method: str = "cropi") -> int:
         cfg = load_config(args.config, args.overrides)
         if not cfg.resources.ray_address:
             cfg.resources.ray_address = "auto"  # inside a Ray job: join its cluster
+        from cropi.model.loading import check_model_dir
+        from cropi.plan import check, estimate
+
+        check_model_dir(cfg.model.path)
+        check(estimate(cfg))  # refuse before anything launches
         result = run_loop(cfg, getattr(args, "method", method))
         result["report"] = str(write_report(cfg.run.dir))
     except CropiError as e:

@@ -115,7 +115,7 @@ def test_resume_hashes_ignore_resources():
                                               "resources.influence.num_cpus=2", "resources.placement=split"])
     assert influence_hash(a, "ckpt") == influence_hash(b, "ckpt") and buffer_hash(a) == buffer_hash(b)
     assert phase_inputs(a) == phase_inputs(b)
-    c = load_config("configs/tiny-cpu.yaml", ["influence.prompts_per_pass=4"])
+    c = load_config("configs/tiny-cpu.yaml", ["influence.max_tokens_per_backward=4096"])
     assert influence_hash(a, "ckpt") != influence_hash(c, "ckpt")
     d = load_config("configs/tiny-cpu.yaml", ["rollout.k_train=4"])
     assert buffer_hash(a) != buffer_hash(d) and phase_inputs(a) != phase_inputs(d)

@@ -252,3 +252,103 @@ def test_make_batch_groups_pads_and_rejects_bad_rows():
         make_batch([dict(rows[0], response_ids=[], behavior_logp=[])], 0)
     with pytest.raises(CropiError, match="no field 'advantage'"):
         make_batch([{k: v for k, v in rows[0].items() if k != "advantage"}], 0)
+
+
+def test_chunked_head_equals_reference(model, batch, coords, val):
+    """Head logits formed 3 positions at a time (so [G, T, vocab] never exists) change nothing."""
+    fast = flatten(batched.prompt_scores(model, batch, coords, "raw", head_chunk_tokens=3)["grads"], coords)
+    slow = flatten(reference.prompt_scores(model, batch, coords, "raw")["grads"], coords)
+    # float32 partial sums over chunks of 3 positions: a few 1e-6, against < 1e-6 in one chunk
+    assert float(_rel(fast, slow).max()) < 5e-6
+    a = batched.prompt_scores(model, batch, coords, "exact", val_grads=val, head_chunk_tokens=3)
+    b = batched.prompt_scores(model, batch, coords, "exact", val_grads=val)
+    assert float(_rel(a["norms"][:, None], b["norms"][:, None]).max()) < 1e-6
+    torch.testing.assert_close(a["kl"], b["kl"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(a["objective"], b["objective"], rtol=1e-5, atol=1e-7)
+
+
+def _budget_rows(seed):
+    rng = random.Random(seed)
+    rows = _rows(rng, 6)
+    for r in rows:  # a behavior policy other than the model: rho != 1
+        r["behavior_logp"] = [rng.uniform(-3.0, -0.5) for _ in r["response_ids"]]
+    return rows
+
+
+def test_plan_passes_packs_whole_prompts_and_splits_only_oversized_ones():
+    from cropi.influence.batch import plan_passes
+
+    rows = _budget_rows(1)
+    length = {id(r): len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows}
+    for budget in (0, 20, 45, 10 ** 6):
+        passes = plan_passes(rows, budget)
+        assert sorted(id(r) for p, _ in passes for r in p) == sorted(id(r) for r in rows)  # every row once
+        for part, group in passes:
+            pids = {r["prompt_id"] for r in part}
+            if group is None:  # whole prompts only, within the budget
+                k = {p: sum(r["prompt_id"] == p for r in rows) for p in pids}
+                assert all(sum(r["prompt_id"] == p for r in part) == k[p] for p in pids)
+                assert budget == 0 or len(pids) == 1 or len(part) * max(length[id(r)] for r in part) <= budget
+            else:  # part of one prompt that alone exceeds the budget
+                (pid,) = pids
+                assert group == {pid: sum(r["prompt_id"] == pid for r in rows)}
+    assert len(plan_passes(rows, 10 ** 6)) == 1 and all(g is None for _, g in plan_passes(rows, 10 ** 6))
+    assert any(g is not None for _, g in plan_passes(rows, 20))
+
+
+@pytest.mark.parametrize("mode", ["raw", "exact", "projected"])
+def test_split_prompt_equals_whole_prompt(model, coords, val, mode):
+    from cropi.influence.batch import plan_passes
+
+    rows = _budget_rows(2)
+    pid = max({r["prompt_id"] for r in rows} - set(ZERO_IDS), key=lambda p: sum(r["prompt_id"] == p for r in rows))
+    mine = [r for r in rows if r["prompt_id"] == pid]
+    assert len(mine) >= 3
+    kw = dict(val_grads=val, proj_dim=64, seed=5)
+    whole = batched.prompt_scores(model, make_batch(mine, 0)[0], coords, mode, **kw)
+    parts = plan_passes(mine, 2 * max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in mine) - 1)
+    assert len(parts) >= 2 and all(g == {pid: len(mine)} for _, g in parts)  # split: no pass holds two longest rows
+    split = batched.split_prompt_scores(model, [make_batch(p, 0, g)[0] for p, g in parts], coords, mode, **kw)
+    if mode == "raw":
+        assert float(_rel(flatten(split["grads"], coords), flatten(whole["grads"], coords)).max()) < 1e-6
+    elif mode == "exact":
+        for s in val:
+            assert abs(float(split["dots"][s][0] - whole["dots"][s][0])) <= 1e-6 * abs(float(whole["dots"][s][0]))
+        assert abs(float(split["norms"][0] - whole["norms"][0])) <= 1e-6 * float(whole["norms"][0])
+    else:
+        assert float(_rel(split["projected"], whole["projected"]).max()) < 1e-5
+    torch.testing.assert_close(split["kl"], whole["kl"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(split["objective"], whole["objective"], rtol=1e-5, atol=1e-7)
+    assert split["num_tokens"].tolist() == whole["num_tokens"].tolist()
+
+
+def test_gpt2_conv1d_weights_are_covered_and_equal_autograd():
+    """GPT-2 keeps attention and MLP in Conv1D ([in, out] weights): they count, exactly."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cropi.influence.params import coverage
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=259, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
+    coords = sample_coordinates(gpt2, "linear", 0.3, seed=1)
+    assert len(coords) == 2 * 4 + 1  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block, and the tied lm_head
+    cov = coverage(gpt2, coords)
+    assert cov["fraction"] == 1.0 and cov["covered_matrix_params"] == sum(
+        p.numel() for n, p in gpt2.named_parameters() if p.dim() == 2 and "wpe" not in n)
+    b, _ = _with_behavior(gpt2, _rows(random.Random(4), 5), seed=3)
+    fast = flatten(reference.prompt_gradients(gpt2, b, coords), coords)
+    slow = flatten(reference.prompt_scores(gpt2, b, coords, "raw")["grads"], coords)  # .grad of every weight
+    assert float(_rel(fast, slow).max()) < 1e-5 and float(slow.norm()) > 1e-4
+
+
+def test_a_model_with_uncovered_matrix_weights_is_refused():
+    from torch import nn
+
+    class Router(nn.Module):  # a bare matrix parameter, as MoE routers and fused experts hold them
+        def __init__(self):
+            super().__init__()
+            self.experts = nn.Parameter(torch.zeros(4, 8, 8))
+            self.proj = nn.Linear(8, 8)
+
+    with pytest.raises(CropiError, match=r"1 matrix weights are neither, e\.g\. \['experts'\]"):
+        chosen_linears(Router(), "linear")

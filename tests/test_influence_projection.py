@@ -131,3 +131,52 @@ def test_incomplete_or_overlapping_input_raises():
         proj.add(torch.ones(1, 10), 50)
     with pytest.raises(CropiError, match="kind"):
         Projector(1, 10, 4, kind="sparse")
+
+
+def _sjlt_matrix(k, seed, dim=D):
+    """The sjlt map as a dense [D, k] matrix, by projecting the identity (slow, obvious)."""
+    cols = []
+    for start in range(0, dim, 4096):
+        eye = torch.zeros(min(4096, dim - start), dim)
+        eye[torch.arange(eye.shape[0]), torch.arange(start, start + eye.shape[0])] = 1.0
+        cols.append(project(eye, k, "sjlt", seed).double())
+    return torch.cat(cols)  # [D, k]
+
+
+def test_sjlt_is_a_sparse_sign_map_with_unit_columns_and_split_invariant():
+    from cropi.influence.projection import SJLT_NONZEROS, make_projector
+
+    k = 64
+    r = _sjlt_matrix(k, seed=3, dim=BLOCK_ROWS + 100)  # [D, k]
+    nz = (r != 0).sum(1)
+    assert bool((nz <= SJLT_NONZEROS).all()) and float((nz == SJLT_NONZEROS).double().mean()) == 1.0
+    assert torch.allclose(r.abs()[r != 0], torch.full_like(r[r != 0], 1 / math.sqrt(SJLT_NONZEROS)))
+    assert torch.allclose((r * r).sum(1), torch.ones(r.shape[0], dtype=torch.float64))  # E||Rx||^2 = ||x||^2
+    for j in range(SJLT_NONZEROS):  # one bucket in each of the s slices of the output
+        lo, hi = j * k // SJLT_NONZEROS, (j + 1) * k // SJLT_NONZEROS
+        assert bool(((r[:, lo:hi] != 0).sum(1) == 1).all())
+    x = _x(dim=BLOCK_ROWS + 100)
+    whole = project(x, k, "sjlt", seed=3)
+    torch.testing.assert_close(whole.double(), x.double() @ r, rtol=1e-6, atol=1e-7)  # float32 output
+    parts = make_projector(x.shape[0], x.shape[1], k, "sjlt", 3)
+    for a, b in ((5000, 16384), (0, 5000), (16384, x.shape[1])):  # any order, across a block edge
+        parts.add(x[:, a:b], a)
+    torch.testing.assert_close(parts.result(), whole, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(project(x, k, "sjlt", seed=4), whole)
+    with pytest.raises(CropiError, match="incomplete"):
+        p = make_projector(x.shape[0], x.shape[1], k, "sjlt", 3)
+        p.add(x[:, :10], 0)
+        p.result()
+
+
+def test_sjlt_preserves_inner_products_like_jl():
+    x = _x(rows=6, dim=40_000, seed=11)
+    for kind in ("sjlt", "rademacher"):
+        errs = []
+        for seed in range(5):
+            y = project(x, 1024, kind, seed).double()
+            g_x, g_y = x.double() @ x.double().T, y @ y.T
+            norms = torch.sqrt(torch.diag(g_x))
+            errs.append(float(((g_y - g_x) / (norms[:, None] * norms[None, :])).abs().max()))
+        # JL at k = 1024: cosine errors of order 1/sqrt(k) ~ 0.03; 0.15 is five of those
+        assert max(errs) < 0.15, (kind, errs)

@@ -59,7 +59,10 @@ def _check_run(run: Path, phases: int, steps: int) -> None:
         targets = json.loads((pdir / "influence" / "val_targets.json").read_text())
         first = json.loads((run / "phase-0" / "influence" / "val_targets.json").read_text())
         assert {s: t["prompt_ids"] for s, t in targets.items()} == {s: t["prompt_ids"] for s, t in first.items()}
-        assert all(len(t["prompt_ids"]) == 3 for t in targets.values())  # a draw from up to 8 live prompts
+        for name, t in targets.items():  # min(3, live) prompts drawn from the set's live ones
+            val = pq.read_table(run / "buffer" / "val" / name, columns=["prompt_id", "group_std"]).to_pylist()
+            live = {r["prompt_id"] for r in val if r["group_std"] > 0}
+            assert set(t["prompt_ids"]) <= live and len(t["prompt_ids"]) == min(3, len(live))
         assert json.loads((pdir / "phase.json").read_text())["method"] == "cropi"
     assert (run / "report" / "report.md").is_file() and (run / "report" / "validation.png").is_file()
 

@@ -4,18 +4,18 @@ plain full-logits computation (values and gradients)."""
 import pytest
 import torch
 
-from cropi.model.sequences import collate, response_logprobs
+from cropi.model.sequences import budget_batches, collate, response_logprobs
 from cropi.trainer import batching
 
 
-def test_cut_respects_the_budget_and_keeps_every_sequence():
+def test_budget_batches_respect_the_budget_and_keeps_every_sequence():
     lengths = [5, 30, 12, 7, 30, 1, 64]
-    batches = batching.cut(lengths, 64)
+    batches = budget_batches(lengths, 64)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:  # padded size = count x longest <= budget, unless one sequence alone exceeds it
         assert len(b) * max(lengths[i] for i in b) <= 64
-    assert batching.cut(lengths, 0) == [sorted(range(7), key=lambda i: (-lengths[i], i))]
-    assert batching.cut([100, 3], 50) == [[0], [1]]  # too long alone: its own micro-batch
+    assert budget_batches(lengths, 0) == [sorted(range(7), key=lambda i: (-lengths[i], i))]
+    assert budget_batches([100, 3], 50) == [[0], [1]]  # too long alone: its own micro-batch
 
 
 def test_plan_gives_every_rank_the_same_count():

@@ -28,16 +28,6 @@ from cropi.store.files import read_json, read_json_if, stable_hash, write_json
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
-def _batches(rows: list[dict], prompts_per_pass: int):
-    """Consecutive chunks of whole prompts (rows of a prompt are contiguous in a buffer shard)."""
-    ids = list(dict.fromkeys(r["prompt_id"] for r in rows))
-    by = {}
-    for r in rows:
-        by.setdefault(r["prompt_id"], []).append(r)
-    for i in range(0, len(ids), prompts_per_pass):
-        yield [r for pid in ids[i:i + prompts_per_pass] for r in by[pid]]
-
-
 @ray.remote
 class GradientActor:
     def __init__(self, cfg, checkpoint: str):
@@ -54,39 +44,22 @@ class GradientActor:
         self.coords = sample_coordinates(self.model, cfg.influence.params, cfg.influence.sample_ratio,
                                          seeds.coordinates(cfg.run.seed))
 
-    def val_gradient(self, rows: list[dict]) -> dict:
-        from cropi.influence.batch import make_batch
-        from cropi.influence.batched import validation_mean_gradient
+    def coverage(self) -> dict:
+        from cropi.influence.params import coverage
 
-        batches = [make_batch(b, self.pad_id)[0] for b in _batches(rows, self.cfg.influence.prompts_per_pass)]
-        v = validation_mean_gradient(self.model, batches, self.coords, self.cfg.influence.grad_dtype)
-        return {k: t.cpu() for k, t in v.items()}  # travels through the object store to every actor
+        return coverage(self.model, self.coords)
+
+    def val_gradient(self, rows: list[dict]) -> dict:
+        from cropi.influence.passes import val_gradient
+
+        return val_gradient(self.model, self.coords, self.pad_id, rows, self.cfg.influence)
 
     def score_rows(self, rows: list[dict], val_grads: dict | None) -> dict:
-        """Per-prompt outputs for buffer rows, batch by batch: numpy arrays keyed by column."""
-        import torch
+        """Per-prompt outputs for buffer rows (cropi.influence.passes)."""
+        from cropi.influence.passes import score_rows
 
-        from cropi.influence.batch import make_batch
-        from cropi.influence.batched import prompt_scores
-
-        inf = self.cfg.influence
-        cols: dict[str, list] = {}
-        for chunk in _batches(rows, inf.prompts_per_pass):
-            batch, ids = make_batch(chunk, self.pad_id)
-            out = prompt_scores(self.model, batch, self.coords, inf.mode, val_grads=val_grads,
-                                proj_dim=inf.proj_dim, proj_kind=inf.proj_kind, seed=seeds.projection(self.cfg.run.seed),
-                                grad_dtype=inf.grad_dtype)
-            part = {"prompt_id": np.asarray(ids, np.int64), "zero_grad": out["zero_grad"].numpy(),
-                    "kl": out["kl"].double().numpy(), "num_tokens": out["num_tokens"].numpy()}
-            if inf.mode == "exact":
-                part["norm"] = out["norms"].double().numpy()
-                for s, d in out["dots"].items():
-                    part[f"dot__{s}"] = d.double().numpy()
-            else:
-                part["grad"] = out["projected"].to(torch.float32).numpy()
-            for k, v in part.items():
-                cols.setdefault(k, []).append(v)
-        return {k: np.concatenate(v) for k, v in cols.items()}
+        return score_rows(self.model, self.coords, self.pad_id, rows, self.cfg.influence,
+                          seeds.projection(self.cfg.run.seed), val_grads)
 
     def score_shard(self, buffer_shard: str, out_path: str, val_grads: dict | None, refresh_shard: str | None = None) -> dict:
         rows = read_rows(Path(buffer_shard))
@@ -159,6 +132,7 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     write_json({"hash": want, "checkpoint": ckpt}, store.plan_path(idir))
     shards = train_shards(bdir)
     with gradient_pool(cfg, ckpt, phase) as pool:
+        covered = pool.each(lambda a: a.coverage.remote())[0]
         val_ref = None
         if inf.mode == "exact":
             chosen = {s: val_target_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed) for s in sets}
@@ -189,7 +163,8 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     drift = buffer_drift(torch.from_numpy(kl), torch.from_numpy(num_tokens))
     refreshed = read_refresh_manifest(cfg, phase) if inf.refresh_zero_grad else None
     manifest = {"num_train_shards": len(shards), "checkpoint": ckpt, "sample_ratio": inf.sample_ratio,
-                "params": inf.params, "grad_dtype": inf.grad_dtype, "zero_grad_prompts": int(zero.sum()),
+                "params": inf.params, "coverage": covered, "grad_dtype": inf.grad_dtype,
+                "zero_grad_prompts": int(zero.sum()),
                 "refreshed_prompts": refreshed["prompts"] if refreshed else 0,
                 "kl_drift": drift, "kl_stale_threshold": inf.kl_stale_threshold,
                 "buffer_stale": drift > inf.kl_stale_threshold, "seconds": round(time.time() - t0, 2)}

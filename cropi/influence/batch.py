@@ -28,6 +28,7 @@ class TrajectoryBatch:
     prompt_index: torch.Tensor    # [N] long in 0..P-1
     num_prompts: int              # P
     prompt_ids: tuple | None = None  # P external ids, for error messages; None: 0..P-1
+    group_size: torch.Tensor | None = None  # [P] long: K_p of the whole prompt when the batch holds part of it
 
     @property
     def num_rows(self) -> int:
@@ -42,6 +43,8 @@ class TrajectoryBatch:
     def to(self, device) -> "TrajectoryBatch":
         move = {f: getattr(self, f).to(device) for f in
                 ("input_ids", "attention_mask", "target_mask", "behavior_logp", "advantage", "prompt_index")}
+        if self.group_size is not None:
+            move["group_size"] = self.group_size.to(device)
         return replace(self, **move)
 
     def rows(self, keep: torch.Tensor, trim: bool = True) -> "TrajectoryBatch":
@@ -87,11 +90,13 @@ class TrajectoryBatch:
         return self
 
 
-def make_batch(rows: list[dict], pad_id: int) -> tuple[TrajectoryBatch, list[int]]:
+def make_batch(rows: list[dict], pad_id: int, group_size: dict[int, int] | None = None) -> tuple[TrajectoryBatch, list[int]]:
     """Build a batch from buffer rows {prompt_ids, response_ids, behavior_logp, advantage, prompt_id}.
 
     Rows are grouped by prompt_id in first-seen order (a prompt's trajectories become contiguous
     rows, in their given order); returns the batch and the prompt ids, index p <-> ids[p].
+    `group_size` {prompt_id: K_p} says how many trajectories a prompt has in all, when `rows`
+    hold only some of them (a prompt split over several passes).
     """
     if not rows:
         raise CropiError("make_batch: no rows")
@@ -130,5 +135,40 @@ def make_batch(rows: list[dict], pad_id: int) -> tuple[TrajectoryBatch, list[int
         input_ids=input_ids, attention_mask=attention_mask, target_mask=target_mask, behavior_logp=behavior_logp,
         advantage=torch.tensor([float(rows[i]["advantage"]) for _, i in ranked], dtype=torch.float32),
         prompt_index=torch.tensor([p for p, _ in ranked], dtype=torch.long),
-        num_prompts=len(ids), prompt_ids=tuple(ids))
+        num_prompts=len(ids), prompt_ids=tuple(ids),
+        group_size=None if group_size is None else torch.tensor([group_size[i] for i in ids], dtype=torch.long))
     return batch.validate(), ids
+
+
+def plan_passes(rows: list[dict], max_tokens: int) -> list[tuple[list[dict], dict[int, int] | None]]:
+    """Backward passes over buffer rows under a token budget (rows x longest row <= max_tokens).
+
+    Whole prompts are packed in their order; a prompt whose K trajectories alone exceed the
+    budget is cut into parts (model.sequences.budget_batches), each a pass of its own returned
+    with {prompt_id: K} so that its objective keeps the whole prompt's 1/K normalisation: the
+    parts' gradients then sum to the prompt's gradient exactly. -> [(rows, group_size or None)]
+    """
+    from cropi.model.sequences import budget_batches
+
+    def length(r):
+        return len(r["prompt_ids"]) + len(r["response_ids"])
+
+    by: dict[int, list[dict]] = {}
+    for r in rows:
+        by.setdefault(int(r["prompt_id"]), []).append(r)
+    passes: list[tuple[list[dict], dict | None]] = []
+    cur: list[dict] = []
+    width = 0
+    for pid, group in by.items():
+        w = max(length(r) for r in group)
+        if max_tokens > 0 and len(group) * w > max_tokens:
+            for idx in budget_batches([length(r) for r in group], max_tokens):
+                passes.append(([group[i] for i in sorted(idx)], {pid: len(group)}))
+            continue
+        if cur and max_tokens > 0 and (len(cur) + len(group)) * max(width, w) > max_tokens:
+            passes.append((cur, None))
+            cur, width = [], 0
+        cur, width = cur + group, max(width, w)
+    if cur:
+        passes.append((cur, None))
+    return passes

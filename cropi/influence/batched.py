@@ -2,8 +2,10 @@
 
 1. Rows whose advantage is 0 have g = 0 exactly: they are only run forward, for the KL monitor.
 2. The other rows: one forward with all weights frozen (the embedding output is the only leaf
-   that requires grad, so no parameter ever gets a .grad), logits only where a response token
-   is scored, J(s0) per prompt from objective.py, one backward from sum_p J(s0).
+   that requires grad, so no parameter ever gets a .grad). The LM head runs only where a
+   response token is scored, on `head_chunk_tokens` positions at a time: each chunk's logits,
+   J(s0) terms (objective.py), dJ/dlogits and dJ/dh are formed and the logits dropped, so
+   [G, T, vocab] never exists; then one backward through the body from dJ/dh.
 3. During that backward, capture.py turns each chosen layer's (input, output-gradient) pair into
    the layer's [G, S_l] per-prompt gradient at the sampled coordinates (one batched matmul per
    row chunk, cut at once) and hands it to a reducer, which keeps only what the mode needs:
@@ -29,10 +31,11 @@ from cropi.influence.capture import LayerGradCapture
 from cropi.influence.layout import Layout, body_layout, head_layout
 from cropi.influence.objective import kl_from_behavior_samples, offpolicy_objective, token_logp, token_weights
 from cropi.influence.params import input_embedding, output_embedding, weight_shapes
-from cropi.influence.projection import Projector
+from cropi.influence.projection import make_projector
 
 GRAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("exact", "projected", "raw")
+HEAD_CHUNK_TOKENS = 1024  # head positions whose [*, vocab] logits exist at once
 
 
 def _dtype(grad_dtype) -> torch.dtype:
@@ -78,7 +81,7 @@ class _Exact:
 class _Project:
     def __init__(self, coords: dict, num_groups: int, proj_dim: int, kind: str, seed: int, device):
         self.offsets = offsets(coords)
-        self.proj = Projector(num_groups, total_dim(coords), proj_dim, kind, seed, device)
+        self.proj = make_projector(num_groups, total_dim(coords), proj_dim, kind, seed, device)
 
     def add(self, name: str, g: torch.Tensor) -> None:
         self.proj.add(g, self.offsets[name][0])
@@ -119,19 +122,29 @@ def _frozen(model):
         model.train(training)
 
 
-def _forward_head(model, rows: TrajectoryBatch, row_group: torch.Tensor, num_groups: int, leaf: bool):
-    """Forward of `rows`; logits only where a response token is scored, grouped. Returns the
-    embedding output E [N, L, H], the head layout and policy log-probs logp [G, T]."""
+def _forward_body(model, rows: TrajectoryBatch, row_group: torch.Tensor, num_groups: int, leaf: bool):
+    """Forward of `rows` through the body; returns the embedding output E [N, L, H], the head
+    layout and the head's inputs h [G, T, H] (the positions whose logits score a response token)."""
     embed = input_embedding(model)(rows.input_ids)  # [N, L, H]
     if leaf:
         embed = embed.detach().requires_grad_(True)
     base = model.base_model
     hidden = base(inputs_embeds=embed, attention_mask=rows.attention_mask, use_cache=False).last_hidden_state  # [N, L, H]
     head = head_layout(rows.target_mask, row_group, num_groups)
-    h = hidden.reshape(-1, hidden.shape[-1])[head.idx]  # [G, T, H]
-    logits = output_embedding(model)(h)  # [G, T, V]
-    logp = token_logp(logits, _at_targets(rows.input_ids, head))  # [G, T]
-    return embed, head, logp
+    return embed, head, hidden.reshape(-1, hidden.shape[-1])[head.idx]  # [G, T, H]
+
+
+def _head_columns(num_groups: int, width: int, chunk_tokens: int) -> list[slice]:
+    """Column chunks of the [G, T] head layout holding about chunk_tokens positions each."""
+    step = max(1, chunk_tokens // max(1, num_groups))
+    return [slice(c, c + step) for c in range(0, width, step)]
+
+
+def _head_logp(model, h: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Policy log-probs [G, T] at the head positions, the head run on column chunks (no grad)."""
+    head = output_embedding(model)
+    cols = _head_columns(h.shape[0], h.shape[1], chunk_tokens)
+    return torch.cat([token_logp(head(h[:, c]), targets[:, c]) for c in cols], dim=1)
 
 
 def _at_targets(t: torch.Tensor, head: Layout) -> torch.Tensor:
@@ -147,7 +160,8 @@ def _add_kl(out: dict, logp: torch.Tensor, rows: TrajectoryBatch, head: Layout) 
     out["kl_count"].index_add_(0, prompt, torch.ones_like(kl))
 
 
-def _run(model, batch: TrajectoryBatch, coords: dict, reducer, grad_dtype, per_prompt: bool) -> dict:
+def _run(model, batch: TrajectoryBatch, coords: dict, reducer, grad_dtype, per_prompt: bool,
+         head_chunk_tokens: int = HEAD_CHUNK_TOKENS) -> dict:
     """One forward/backward over `batch`; feeds each layer's [G, S_l] sampled gradient to reducer.
 
     Groups are the prompts with a non-zero advantage (per_prompt) or one group of all rows.
@@ -159,7 +173,7 @@ def _run(model, batch: TrajectoryBatch, coords: dict, reducer, grad_dtype, per_p
     weight_shapes(model, coords)  # every name must be an nn.Linear of this model
     coords = {n: c.to(device) for n, c in coords.items()}
     p_count = batch.num_prompts
-    weight = token_weights(batch.target_mask, batch.advantage, batch.prompt_index, p_count)  # [N, L]
+    weight = token_weights(batch.target_mask, batch.advantage, batch.prompt_index, p_count, batch.group_size)  # [N, L]
     live = batch.advantage != 0  # [N]
     live_prompts = torch.unique(batch.prompt_index[live])  # [G] sorted
     out = {"groups": live_prompts, "kl_sum": torch.zeros(p_count, device=device), "objective": torch.zeros(p_count, device=device),
@@ -169,7 +183,8 @@ def _run(model, batch: TrajectoryBatch, coords: dict, reducer, grad_dtype, per_p
         if bool((~live).any()):  # g = 0 exactly: forward only, for the drift monitor
             dead = batch.rows(~live)
             with torch.no_grad():
-                _, head, logp = _forward_head(model, dead, dead.prompt_index, p_count, leaf=False)
+                _, head, h = _forward_body(model, dead, dead.prompt_index, p_count, leaf=False)
+                logp = _head_logp(model, h, _at_targets(dead.input_ids, head), head_chunk_tokens)
             _add_kl(out, logp, dead, head)
         if live_prompts.numel() == 0:
             return out
@@ -180,15 +195,31 @@ def _run(model, batch: TrajectoryBatch, coords: dict, reducer, grad_dtype, per_p
         num_groups = live_prompts.numel() if per_prompt else 1
         body = body_layout(rows.target_mask, row_group, num_groups)
         with LayerGradCapture(model, coords, body, gdt, reducer.add) as capture:
-            embed, head, logp = _forward_head(model, rows, row_group, num_groups, leaf=True)
+            embed, head, h = _forward_body(model, rows, row_group, num_groups, leaf=True)
             w = _at_targets(weight[live][:, :rows.input_ids.shape[1]].contiguous(), head)  # [G, T]
+            targets, beta = _at_targets(rows.input_ids, head), _at_targets(rows.behavior_logp, head)  # [G, T]
             group = torch.arange(num_groups, device=device)[:, None].expand_as(head.idx)  # [G, T]
-            j = offpolicy_objective(logp, _at_targets(rows.behavior_logp, head), w, head.valid, group, num_groups)  # [G]
-            (d_embed,) = torch.autograd.grad(j.sum(), embed)  # hooks fire here, layer by layer
+            lm_head = output_embedding(model)
+            h_leaf = h.detach()
+            d_h = torch.zeros_like(h_leaf)  # [G, T, H] dJ/dh, filled chunk by chunk
+            j = torch.zeros(num_groups, device=device)
+            logps = []
+            for c in _head_columns(num_groups, h.shape[1], head_chunk_tokens):
+                hc = h_leaf[:, c].requires_grad_(True)  # [G, C, H]
+                logits = lm_head(hc)  # [G, C, V], the only logits alive
+                logp_c = token_logp(logits, targets[:, c])  # [G, C]
+                j_c = offpolicy_objective(logp_c, beta[:, c], w[:, c], head.valid[:, c], group[:, c], num_groups)  # [G]
+                d_logits, d_h[:, c] = torch.autograd.grad(j_c.sum(), (logits, hc))
+                capture.add_head(d_logits, hc.detach())
+                j = j + j_c.detach()
+                logps.append(logp_c.detach())
+                del logits, d_logits
+            logp = torch.cat(logps, dim=1)  # [G, T]
+            (d_embed,) = torch.autograd.grad(h, embed, grad_outputs=d_h)  # body hooks fire here, layer by layer
         capture.finish(d_embed, rows.input_ids)
         _add_kl(out, logp, rows, head)
         if per_prompt:
-            out["objective"][live_prompts] = j.detach()
+            out["objective"][live_prompts] = j
     out["reduced"] = reducer.finish(list(coords))
     return out
 
@@ -219,7 +250,7 @@ def _with_grad(fn):
 @_with_grad
 def prompt_scores(model, batch: TrajectoryBatch, coords: dict, mode: str, *, val_grads: dict | None = None,
                   proj_dim: int = 1024, proj_kind: str = "rademacher", seed: int = 0,
-                  grad_dtype="float32") -> dict:
+                  grad_dtype="float32", head_chunk_tokens: int = HEAD_CHUNK_TOKENS) -> dict:
     """Influence outputs for every prompt of `batch` from one forward and one backward pass.
 
     mode `exact`: 'dots' {set: [P]} = <g, v_set>, 'norms' [P] = ||g|| (val_grads required).
@@ -239,7 +270,7 @@ def prompt_scores(model, batch: TrajectoryBatch, coords: dict, mode: str, *, val
         reducer = _Project(coords, max(groups, 1), proj_dim, proj_kind, seed, device)
     else:
         reducer = _Raw()
-    run = _run(model, batch, coords, reducer, grad_dtype, per_prompt=True)
+    run = _run(model, batch, coords, reducer, grad_dtype, per_prompt=True, head_chunk_tokens=head_chunk_tokens)
     p = batch.num_prompts
     out = {"kl": (run["kl_sum"] / run["kl_count"].clamp(min=1)).cpu(), "num_tokens": run["kl_count"].long().cpu(),
            "objective": run["objective"].cpu(), "zero_grad": torch.ones(p, dtype=torch.bool)}
@@ -266,17 +297,19 @@ def prompt_scores(model, batch: TrajectoryBatch, coords: dict, mode: str, *, val
 
 
 @_with_grad
-def validation_mean_gradient(model, batches, coords: dict, grad_dtype="float32") -> dict[str, torch.Tensor]:
+def validation_mean_gradient(model, batches, coords: dict, grad_dtype="float32",
+                             head_chunk_tokens: int = HEAD_CHUNK_TOKENS, num_prompts: int | None = None) -> dict[str, torch.Tensor]:
     """Mean over all prompts of `batches` of g(s0) at the sampled coordinates: {layer: [S_l]}.
 
     = gradient of the mean objective: one backward per batch on sum_p J(p), all tokens in one
     group, summed over batches and divided by the total prompt count (zero-gradient prompts
-    count; cosine scores do not depend on that scale).
+    count; cosine scores do not depend on that scale). `num_prompts` gives that count when a
+    prompt is split over several batches (batch.plan_passes), else it is the batches' sum.
     """
     total, count = None, 0
     for batch in batches:
         reducer = _Raw()
-        run = _run(model, batch, coords, reducer, grad_dtype, per_prompt=False)
+        run = _run(model, batch, coords, reducer, grad_dtype, per_prompt=False, head_chunk_tokens=head_chunk_tokens)
         count += batch.num_prompts
         if run["reduced"] is None:
             continue
@@ -289,6 +322,46 @@ def validation_mean_gradient(model, batches, coords: dict, grad_dtype="float32")
         total = grads if total is None else {n: total[n] + grads[n] for n in grads}
     if count == 0:
         raise CropiError("validation_mean_gradient: no batches")
+    count = num_prompts or count
     if total is None:
         return {n: torch.zeros(c.numel()) for n, c in coords.items()}
     return {n: (g / count).cpu() for n, g in total.items()}
+
+
+def split_prompt_scores(model, parts: list[TrajectoryBatch], coords: dict, mode: str, *, val_grads: dict | None = None,
+                        proj_dim: int = 1024, proj_kind: str = "rademacher", seed: int = 0,
+                        grad_dtype="float32", head_chunk_tokens: int = HEAD_CHUNK_TOKENS) -> dict:
+    """prompt_scores for ONE prompt whose trajectories come in several batches (each made with
+    group_size = the prompt's whole K, batch.plan_passes): the parts' raw sampled gradients are
+    summed (a prompt's gradient is a sum over its trajectories), then reduced as prompt_scores
+    would. Same outputs, with P = 1."""
+    from cropi.influence.coords import flatten
+    from cropi.influence.projection import project
+
+    if mode not in MODES:
+        raise CropiError(f"influence mode must be one of {MODES}, got {mode!r}")
+    total, kl_sum, tokens, objective, zero = None, 0.0, 0, 0.0, True
+    for part in parts:
+        r = prompt_scores(model, part, coords, "raw", grad_dtype=grad_dtype, head_chunk_tokens=head_chunk_tokens)
+        total = r["grads"] if total is None else {n: total[n] + g for n, g in r["grads"].items()}
+        kl_sum += float(r["kl"][0]) * int(r["num_tokens"][0])
+        tokens += int(r["num_tokens"][0])
+        objective += float(r["objective"][0])
+        zero = zero and bool(r["zero_grad"][0])
+    out = {"kl": torch.tensor([kl_sum / max(tokens, 1)]), "num_tokens": torch.tensor([tokens]),
+           "objective": torch.tensor([objective]), "zero_grad": torch.tensor([zero])}
+    g = flatten(total, coords).double()  # [1, D]
+    if not bool(torch.isfinite(g).all()):
+        raise CropiError(f"non-finite influence gradient (NaN/inf) for prompt id(s) [{parts[0].prompt_name(0)}] "
+                         f"(grad_dtype={grad_dtype})")
+    if mode == "exact":
+        if not val_grads:
+            raise CropiError("exact mode needs val_grads")
+        out["dots"] = {s: (g @ flatten({n: v.reshape(-1) for n, v in vg.items()}, coords).double()).float()
+                       for s, vg in val_grads.items()}
+        out["norms"] = g.norm(dim=1).float()
+    elif mode == "projected":
+        out["projected"] = project(g.float(), proj_dim, proj_kind, seed)
+    else:
+        out["grads"] = total
+    return out

@@ -7,10 +7,12 @@ keep each chosen layer's input; a tensor hook on its output receives delta when 
 reaches the layer, and the layer's [G, S_l] sampled per-prompt gradient is formed at once and
 handed to a sink, so no full per-prompt gradient ever exists.
 
-Body layers see the padded [N, L, *] batch and are regrouped with the body layout; lm_head is
-called by the engine on the already grouped head layout [G, T, *]. Padding slots of the body
-layout repeat a real token, so their inputs are zeroed; padding slots of the head layout have
-exactly zero delta because the objective masks them with torch.where.
+Body layers see the padded [N, L, *] batch and are regrouped with the body layout. lm_head is
+not hooked: the engine runs it chunk by chunk on the grouped head layout [G, C, *] (so the
+[G, T, vocab] logits never exist at once) and hands each chunk's (delta, input) to `add_head`,
+which sums the chunks' sampled gradients. Padding slots of the body layout repeat a real
+token, so their inputs are zeroed; padding slots of the head layout have exactly zero delta
+because the objective masks them with torch.where.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from cropi.errors import CropiError
 from cropi.influence.layout import Layout
-from cropi.influence.params import lm_head_is_tied, output_embedding
+from cropi.influence.params import is_conv1d, lm_head_is_tied, output_embedding
 
 CHUNK_ELEMS = 1 << 21  # per-prompt gradient chunk G x rows x in (8 MiB in float32); benchmarks/influence_engine.py
 
@@ -91,8 +93,9 @@ class LayerGradCapture:
         self.handles = []
 
     def __enter__(self):
+        self.head_name = next((n for n in self.coords if self.modules[n] is self.head), None)
         self.handles = [self.modules[n].register_forward_hook(lambda m, a, o, n=n: self._forward(m, a, o, n))
-                        for n in self.coords]
+                        for n in self.coords if n != self.head_name]
         return self
 
     def __exit__(self, *exc):
@@ -100,6 +103,15 @@ class LayerGradCapture:
             h.remove()
         self.inputs.clear()
         self.shared.clear()
+
+    def add_head(self, delta: torch.Tensor, x: torch.Tensor) -> None:
+        """One chunk of head positions: delta [G, C, vocab] = dJ/dlogits, x [G, C, hidden] the
+        head's input. Sums the chunk's sampled lm_head gradient into the layer's total."""
+        if self.head_name is None:
+            return
+        g = sampled_outer_sum(delta.to(self.dtype), x.to(self.dtype), self.coords[self.head_name])  # [G, S]
+        held = self.held.get(self.head_name)
+        self.held[self.head_name] = g if held is None else held + g
 
     def _forward(self, module, args, output, name):
         if name in self.inputs:
@@ -125,22 +137,24 @@ class LayerGradCapture:
         return out  # [G, T, in]
 
     def _backward(self, name: str, grad: torch.Tensor) -> None:
-        x = self.inputs.pop(name)
-        if self.modules[name] is not self.head:  # body layer: [N, L, *] -> [G, T, *]
-            x = self._grouped_input(x)
-            grad = grad.reshape(-1, grad.shape[-1]).index_select(0, self.body_flat).view(*self.body.idx.shape, -1)
-        g = sampled_outer_sum(grad.to(self.dtype), x.to(self.dtype), self.coords[name])  # [G, S_l]
-        if name == self.tied:
-            self.held[name] = g
-        else:
-            self.sink(name, g)
+        x = self._grouped_input(self.inputs.pop(name))  # body layer: [N, L, *] -> [G, T, *]
+        grad = grad.reshape(-1, grad.shape[-1]).index_select(0, self.body_flat).view(*self.body.idx.shape, -1)
+        if is_conv1d(self.modules[name]):  # W is [in, out]: its gradient is sum_t outer(x_t, delta_t)
+            g = sampled_outer_sum(x.to(self.dtype), grad.to(self.dtype), self.coords[name])
+        else:  # nn.Linear, W [out, in]: sum_t outer(delta_t, x_t)
+            g = sampled_outer_sum(grad.to(self.dtype), x.to(self.dtype), self.coords[name])
+        self.sink(name, g)  # [G, S_l]
         self.reported.add(name)
 
     def finish(self, d_embed: torch.Tensor | None, input_ids: torch.Tensor) -> None:
-        if self.tied is not None and self.tied in self.held:
-            vocab = self.modules[self.tied].weight.shape[0]
-            extra = embedding_outer_sum(d_embed, input_ids, self.body, vocab, self.coords[self.tied])  # [G, S]
-            self.sink(self.tied, (self.held.pop(self.tied).float() + extra).to(self.dtype))
+        if self.head_name is not None and self.head_name in self.held:
+            g = self.held.pop(self.head_name)
+            if self.head_name == self.tied:
+                vocab = self.modules[self.tied].weight.shape[0]
+                extra = embedding_outer_sum(d_embed, input_ids, self.body, vocab, self.coords[self.tied])  # [G, S]
+                g = (g.float() + extra).to(self.dtype)
+            self.sink(self.head_name, g)
+            self.reported.add(self.head_name)
         for name, idx in self.coords.items():  # a layer the objective does not reach has gradient 0
             if name not in self.reported:
                 self.sink(name, torch.zeros(self.body.num_groups, idx.numel(), dtype=self.dtype, device=idx.device))

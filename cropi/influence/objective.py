@@ -27,10 +27,13 @@ def token_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def token_weights(target_mask: torch.Tensor, advantage: torch.Tensor, prompt_index: torch.Tensor,
-                  num_prompts: int) -> torch.Tensor:
-    """w[n, j] = A_n / |tau_n| / K_p on response tokens of row n (prompt p), 0 elsewhere."""
+                  num_prompts: int, group_size: torch.Tensor | None = None) -> torch.Tensor:
+    """w[n, j] = A_n / |tau_n| / K_p on response tokens of row n (prompt p), 0 elsewhere.
+    K_p counts the prompt's rows in the batch unless `group_size` [P] gives it: a batch that
+    holds only part of a prompt's trajectories then yields that part's exact share of J."""
     lengths = target_mask.sum(1).clamp(min=1).float()  # [N] |tau_n|
-    per_prompt = torch.bincount(prompt_index, minlength=num_prompts).float()  # [P] K_p
+    per_prompt = torch.bincount(prompt_index, minlength=num_prompts).float() if group_size is None \
+        else group_size.to(lengths.device).float()  # [P] K_p
     row = advantage.float() / lengths / per_prompt[prompt_index]  # [N]
     return target_mask.float() * row[:, None]  # [N, L]
 

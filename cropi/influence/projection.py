@@ -27,6 +27,10 @@ in cache when the GEMM reads it.
 
 Non-finite inputs: a row whose block holds NaN/inf is quantised as zeros and its output set to
 NaN; `bad_rows` says which.
+
+`sjlt` (SparseProjector) replaces R by a sparse JL map: each input coordinate is added, with a
+seeded sign, into 4 seeded output buckets; no matrix is generated, so its cost is linear in D
+and does not grow with k. `make_projector` picks the class for a kind.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from cropi.errors import CropiError
 BLOCK_ROWS = 16384
 SUB_ROWS = 2048
 FRAC_BITS = 30
-KINDS = ("rademacher", "gaussian")
+KINDS = ("rademacher", "gaussian")  # dense R, applied by the exact int8 GEMM (Projector)
+SPARSE_KINDS = ("sjlt",)  # sparse JL: no matrix at all (SparseProjector)
+SJLT_NONZEROS = 4
 
 
 def _sign_table() -> torch.Tensor:
@@ -75,6 +81,16 @@ def entry_scale(kind: str, proj_dim: int) -> float:
         return 1.0 / math.sqrt(proj_dim)
     second_moment = float((_gauss_table().double() ** 2).mean())
     return 1.0 / math.sqrt(proj_dim * second_moment)
+
+
+def _check_piece(x: torch.Tensor, offset: int, num_rows: int, dim: int) -> int:
+    """A piece of x must be [num_rows, n] inside the input dim; returns n."""
+    if x.dim() != 2 or x.shape[0] != num_rows:
+        raise CropiError(f"projection piece must be [{num_rows}, n], got {tuple(x.shape)}")
+    n = x.shape[1]
+    if offset < 0 or offset + n > dim:
+        raise CropiError(f"projection piece [{offset}, {offset + n}) lies outside the input dim {dim}")
+    return n
 
 
 def _check_kind(kind: str) -> None:
@@ -184,11 +200,7 @@ class Projector:
         return min(BLOCK_ROWS, self.dim - b * BLOCK_ROWS)
 
     def add(self, x: torch.Tensor, offset: int) -> None:
-        if x.dim() != 2 or x.shape[0] != self.num_rows:
-            raise CropiError(f"projection piece must be [{self.num_rows}, n], got {tuple(x.shape)}")
-        n = x.shape[1]
-        if offset < 0 or offset + n > self.dim:
-            raise CropiError(f"projection piece [{offset}, {offset + n}) lies outside the input dim {self.dim}")
+        n = _check_piece(x, offset, self.num_rows, self.dim)
         pos = offset
         while pos < offset + n:
             b = pos // BLOCK_ROWS
@@ -235,8 +247,81 @@ class Projector:
         return out
 
 
+class SparseProjector:
+    """Sparse Johnson-Lindenstrauss projection (`sjlt`, Kane & Nelson 2014, block construction):
+    input coordinate i goes to s = SJLT_NONZEROS output buckets, one in each of s equal slices of
+    the k outputs, with random signs and weight 1/sqrt(s); E[<y, y'>] = <x, x'>. Buckets and signs
+    of rows b*BLOCK_ROWS ... come from torch.Generator(device).manual_seed(seed + b), so, like the
+    dense kinds, entry (i, c) depends on (seed, i, c, device type) only. Cost: s scatter-adds per
+    input coordinate, linear in D and independent of k; no matrix is ever formed. Same interface
+    as Projector; pieces are applied as they arrive, accumulated in float64."""
+
+    def __init__(self, num_rows: int, dim: int, proj_dim: int, kind: str = "sjlt", seed: int = 0, device="cpu"):
+        if proj_dim < SJLT_NONZEROS or dim < 1 or num_rows < 1:
+            raise CropiError(f"sjlt projection needs rows and input dim >= 1 and proj_dim >= {SJLT_NONZEROS}, "
+                             f"got {num_rows}, {dim}, {proj_dim}")
+        self.num_rows, self.dim, self.proj_dim, self.seed = num_rows, dim, proj_dim, int(seed)
+        self.device = torch.device(device)
+        self._acc = torch.zeros(num_rows, proj_dim, dtype=torch.float64, device=self.device)  # [B, k]
+        self._bad = torch.zeros(num_rows, dtype=torch.bool, device=self.device)  # [B]
+        self._covered = torch.zeros(dim, dtype=torch.bool)
+        self._block: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._gen = torch.Generator(device=self.device)
+        edges = [j * proj_dim // SJLT_NONZEROS for j in range(SJLT_NONZEROS + 1)]
+        self._lo = torch.tensor(edges[:-1], device=self.device)  # [s] slice starts
+        self._width = torch.tensor([b - a for a, b in zip(edges, edges[1:])], device=self.device)  # [s]
+
+    def _hash(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(buckets [BLOCK_ROWS, s] long, signs [BLOCK_ROWS, s] float64) of block b."""
+        if self._block is None or self._block[0] != b:
+            self._gen.manual_seed(self.seed + int(b))
+            u = torch.rand(BLOCK_ROWS, SJLT_NONZEROS, generator=self._gen, device=self.device, dtype=torch.float64)
+            buckets = self._lo + (u * self._width).long().clamp(max=self._width - 1)  # [R, s]
+            bits = torch.randint(0, 2, (BLOCK_ROWS, SJLT_NONZEROS), generator=self._gen, device=self.device)
+            self._block = (b, buckets, bits.double() * 2 - 1)
+        return self._block[1], self._block[2]
+
+    def add(self, x: torch.Tensor, offset: int) -> None:
+        n = _check_piece(x, offset, self.num_rows, self.dim)
+        if bool(self._covered[offset:offset + n].any()):
+            raise CropiError(f"projection input columns [{offset}, {offset + n}) overlap a piece given before")
+        self._covered[offset:offset + n] = True
+        x = x.to(self.device)
+        self._bad |= ~torch.isfinite(x).all(1)
+        x = torch.nan_to_num(x.double(), nan=0.0, posinf=0.0, neginf=0.0)  # [B, n]
+        pos = offset
+        while pos < offset + n:
+            b = pos // BLOCK_ROWS
+            end = min((b + 1) * BLOCK_ROWS, offset + n)
+            buckets, signs = self._hash(b)
+            rows = slice(pos - b * BLOCK_ROWS, end - b * BLOCK_ROWS)
+            piece = x[:, pos - offset:end - offset]  # [B, r]
+            for j in range(SJLT_NONZEROS):
+                self._acc.index_add_(1, buckets[rows, j], piece * signs[rows, j])
+            pos = end
+
+    @property
+    def bad_rows(self) -> torch.Tensor:
+        return self._bad.clone()
+
+    def result(self) -> torch.Tensor:
+        if not bool(self._covered.all()):
+            missing = int((~self._covered).sum())
+            raise CropiError(f"projection input incomplete: {missing} of {self.dim} columns not given")
+        out = (self._acc / math.sqrt(SJLT_NONZEROS)).float()  # [B, k]
+        out[self._bad] = float("nan")
+        return out
+
+
+def make_projector(num_rows: int, dim: int, proj_dim: int, kind: str = "rademacher", seed: int = 0, device="cpu"):
+    """The projector of a kind: dense (Projector) or sparse (SparseProjector)."""
+    if kind in SPARSE_KINDS:
+        return SparseProjector(num_rows, dim, proj_dim, kind, seed, device)
+    return Projector(num_rows, dim, proj_dim, kind, seed, device)
+
+
 def project(x: torch.Tensor, proj_dim: int, kind: str = "rademacher", seed: int = 0) -> torch.Tensor:
     """One-shot projection of full rows. [B, D] -> [B, k] float32"""
-    proj = Projector(x.shape[0], x.shape[1], proj_dim, kind, seed, x.device)
+    proj = make_projector(x.shape[0], x.shape[1], proj_dim, kind, seed, x.device)
     proj.add(x, 0)
     return proj.result()

@@ -32,6 +32,22 @@ def collate(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: 
     return ids, attn, target
 
 
+def budget_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices of `lengths`, longest first, cut into micro-batches of padded size <= max_tokens
+    (0: no budget, one micro-batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if max_tokens <= 0:
+        return [order] if order else []
+    batches: list[list[int]] = []
+    for i in order:
+        # sorted longest first: the batch's padded width is its first sequence's length
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def lm_head(model) -> torch.nn.Module:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cropi.model.sequences import collate, response_logprobs as chunked_logprobs
-from cropi.trainer.batching import cut
+from cropi.model.sequences import budget_batches, collate, response_logprobs as chunked_logprobs
 
 
 @torch.no_grad()
@@ -20,7 +19,7 @@ def response_logprobs(model, prompt_ids: list[list[int]], response_ids: list[lis
     forwards of at most `max_tokens` padded tokens."""
     device = next(model.parameters()).device
     out: list[list[float] | None] = [None] * len(prompt_ids)
-    for idx in cut([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)], max_tokens):
+    for idx in budget_batches([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)], max_tokens):
         ids, attn, target = collate([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], pad_id)
         lp = chunked_logprobs(model, ids.to(device), attn.to(device), target.to(device), chunk_tokens).cpu()  # [B, L]
         for row, i in enumerate(idx):

@@ -111,6 +111,7 @@ def gradient_pool(cfg, checkpoint: str, phase: int):
 
 def run_influence(cfg, phase: int, log=print) -> dict:
     """Write RUN_DIR/phase-M/influence for theta_M; resumes shard by shard; returns the manifest."""
+    import torch
     from tqdm import tqdm
 
     from cropi.influence.objective import buffer_drift
@@ -157,20 +158,16 @@ def run_influence(cfg, phase: int, log=print) -> dict:
             pool.map(lambda a, p: a.score_shard.remote(str(p), str(store.train_shard_path(idir, p.name)), val_ref,
                                                        str(fresh[p.name]) if p.name in fresh else None),
                      todo, on_done=lambda *_: bar.update(1), describe=lambda p: f"buffer shard {p.name}")
-    import torch
-
     kl, num_tokens, zero = store.read_drift_columns([store.train_shard_path(idir, p.name) for p in shards])
     drift = buffer_drift(torch.from_numpy(kl), torch.from_numpy(num_tokens))
     refreshed = read_refresh_manifest(cfg, phase) if inf.refresh_zero_grad else None
-    manifest = {"num_train_shards": len(shards), "checkpoint": ckpt, "sample_ratio": inf.sample_ratio,
-                "params": inf.params, "coverage": covered, "grad_dtype": inf.grad_dtype,
-                "zero_grad_prompts": int(zero.sum()),
-                "refreshed_prompts": refreshed["prompts"] if refreshed else 0,
-                "kl_drift": drift, "kl_stale_threshold": inf.kl_stale_threshold,
-                "buffer_stale": drift > inf.kl_stale_threshold, "seconds": round(time.time() - t0, 2)}
-    if manifest["buffer_stale"]:
+    if drift > inf.kl_stale_threshold:
         log(f"phase {phase}: KL(pi_theta || beta) on the buffer is {drift:.3f} > {inf.kl_stale_threshold}: "
             "the off-policy gradients are drifting from the policy; consider refreshing the buffer")
     store.write_manifest(idir, inf.mode, sets, len(shards), inf.proj_dim if inf.mode == "projected" else None,
-                         **{k: v for k, v in manifest.items() if k != "num_train_shards"})
+                         checkpoint=ckpt, sample_ratio=inf.sample_ratio, params=inf.params, coverage=covered,
+                         grad_dtype=inf.grad_dtype, zero_grad_prompts=int(zero.sum()),
+                         refreshed_prompts=refreshed["prompts"] if refreshed else 0, kl_drift=drift,
+                         kl_stale_threshold=inf.kl_stale_threshold, buffer_stale=drift > inf.kl_stale_threshold,
+                         seconds=round(time.time() - t0, 2))
     return read_json(store.manifest_path(idir), "influence manifest")

@@ -117,6 +117,7 @@ class ModelConfig:
 
 @dataclass
 class BaseModelConfig:
+    architecture: str = _f("llama", "Tiny model architecture: llama (untied head) | qwen2 (what users run: tied embeddings, q/k/v biases; its tokenizer uses Qwen2's pre-tokenizer so Qwen2Tokenizer loads it unchanged).", choices=("llama", "qwen2"))
     hidden_size: int = _f(128, "Tiny model (cropi make-base-model): hidden size.", min=1)
     num_layers: int = _f(2, "Tiny model: transformer layers.", min=1)
     num_heads: int = _f(4, "Tiny model: attention heads.", min=1)

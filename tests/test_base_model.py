@@ -64,3 +64,28 @@ def test_cli_rejects_bad_config_value(capsys):
     rc = main(["make-base-model", "configs/tiny-cpu.yaml", "--set", "selection.alpha=2"])
     assert rc == 2
     assert "selection.alpha" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_tokenizer_reloads_with_the_same_ids_under_its_model_type(architecture, tmp_path):
+    """Under model_type qwen2 AutoTokenizer builds Qwen2Tokenizer, which swaps in its own
+    pre-tokenizer and NFC normalizer: a qwen2 tiny model's tokenizer is trained with those, and
+    check_reloads catches a tokenizer that would change ids (NFC composes e + U+0301)."""
+    from transformers import AutoTokenizer, LlamaConfig, Qwen2Config
+
+    from cropi.model.tokenizer import check_reloads, train_tokenizer
+
+    texts = [f"{a}*{b}=\n{a * b}" for a in range(40) for b in range(0, 40, 3)] + ["cafe\u0301 x-abc  it's"]
+    config = Qwen2Config(vocab_size=400) if architecture == "qwen2" else LlamaConfig(vocab_size=400)
+    right = train_tokenizer(texts, 300, architecture)
+    config.save_pretrained(tmp_path / "ok")
+    right.save_pretrained(tmp_path / "ok")
+    check_reloads(right, tmp_path / "ok", texts)
+    assert right("417*23=")["input_ids"] == [right.bos_token_id] + [right.convert_tokens_to_ids(c) for c in "417*23="]
+    if architecture == "qwen2":
+        assert type(AutoTokenizer.from_pretrained(tmp_path / "ok")).__name__ == "Qwen2Tokenizer"
+        wrong = train_tokenizer(texts, 300, "llama")  # Llama's pre-tokenizer saved under qwen2
+        wrong.save_pretrained(tmp_path / "bad")
+        config.save_pretrained(tmp_path / "bad")
+        with pytest.raises(CropiError, match=r"reloads as Qwen2Tokenizer and encodes text 0 "):
+            check_reloads(wrong, tmp_path / "bad", texts[-1:])

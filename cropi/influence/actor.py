@@ -166,6 +166,7 @@ def run_influence(cfg, phase: int, log=print) -> dict:
             "the off-policy gradients are drifting from the policy; consider refreshing the buffer")
     store.write_manifest(idir, inf.mode, sets, len(shards), inf.proj_dim if inf.mode == "projected" else None,
                          checkpoint=ckpt, sample_ratio=inf.sample_ratio, params=inf.params, coverage=covered,
+                         proj_kind=inf.proj_kind if inf.mode == "projected" else None,
                          grad_dtype=inf.grad_dtype, zero_grad_prompts=int(zero.sum()),
                          refreshed_prompts=refreshed["prompts"] if refreshed else 0, kl_drift=drift,
                          kl_stale_threshold=inf.kl_stale_threshold, buffer_stale=drift > inf.kl_stale_threshold,

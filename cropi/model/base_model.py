@@ -1,7 +1,7 @@
-"""`cropi make-base-model`: a tiny Llama policy that can already solve some of the tasks.
+"""`cropi make-base-model`: a tiny policy (Llama or Qwen2) that can already solve some of the tasks.
 
 A random model passes ~0% of prompts, so every GRPO advantage would be zero. We train a
-tokenizer on the task text, build a small random-init `LlamaForCausalLM`, and give it a short
+tokenizer on the task text, build a small random-init causal LM (`base_model.architecture`), and give it a short
 supervised warm start on the training pool (loss on answer tokens only), checking the sampled
 pass rate of every validation set as it goes. It stops as soon as every rate lies in
 [base_model.target_pass_low, target_pass_high]; if that never happens it keeps the checkpoint
@@ -11,6 +11,7 @@ seen closest to that band. Deterministic for a seed on a given machine.
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cropi.config import Config
 from cropi.data.dataset import PromptRow, render_prompt
 from cropi.data.rewards import load_reward_fn, score
 from cropi.data.tasks import make_problem
-from cropi.model.tokenizer import train_tokenizer
+from cropi.model.tokenizer import check_reloads, train_tokenizer
 from cropi.store.files import atomic_dir, read_json_if, write_json
 
 MARKER = "cropi_base_model.json"
@@ -81,24 +82,36 @@ def _band_distance(rates: dict[str, float], lo: float, hi: float) -> float:
     return sum(max(0.0, lo - r) + max(0.0, r - hi) for r in rates.values())
 
 
+def model_config(m, tok, max_len: int):
+    """The tiny model's transformers config: Llama with an untied head, or Qwen2 as released
+    (tied embeddings, biases on q/k/v)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=len(tok), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                  num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
+                  max_position_embeddings=max_len, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    if m.architecture == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=True)
+    return LlamaConfig(**common, tie_word_embeddings=False)
+
+
 def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[PromptRow]],
                      out_dir: str | Path, log=print) -> dict:
     """Build, warm-start and save the tiny model; returns the marker info (pass rates, timings)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     m, seed = cfg.base_model, cfg.run.seed
     t0 = time.time()
     texts = [render_prompt(r.messages) + r.ground_truth for r in train]
-    tok = train_tokenizer(texts, m.vocab_size)
-    mcfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
-        num_key_value_heads=m.num_heads, max_position_embeddings=cfg.rollout.max_model_len,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    tok = train_tokenizer(texts, m.vocab_size, m.architecture)
+    mcfg = model_config(m, tok, cfg.rollout.max_model_len)
+    with tempfile.TemporaryDirectory() as probe:  # what vLLM and the trainers will load encodes as tok does
+        mcfg.save_pretrained(probe)
+        tok.save_pretrained(probe)
+        check_reloads(tok, probe, texts + [render_prompt(r.messages) for rows in val.values() for r in rows])
     with seeds.torch_seeded(seeds.base_model_init(seed)):
-        model = LlamaForCausalLM(mcfg)
+        model = AutoModelForCausalLM.from_config(mcfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=m.warm_start_lr, weight_decay=0.0)
     reward_fn = load_reward_fn(cfg.data.reward_fn)

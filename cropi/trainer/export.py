@@ -9,21 +9,34 @@ from pathlib import Path
 import torch
 
 
+def _without_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor once: a tied lm_head.weight is the embedding's storage under a second name.
+    The first name is kept (state_dict order puts the embedding first, as HF checkpoints do)."""
+    seen, out = set(), {}
+    for k, v in sd.items():
+        key = (v.data_ptr(), v.shape, v.stride()) if v.numel() else (k,)
+        if key not in seen:
+            seen.add(key)
+            out[k] = v
+    return out
+
+
 def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full, unsharded parameters (ZeRO-3 gathers them; stages 0-2 keep them whole on every rank)."""
+    """Full, unsharded parameters, tied ones once (ZeRO-3 gathers them; stages 0-2 keep them whole
+    on every rank)."""
     module = engine.module
     if zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
-    return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+            return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
+    return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
 
 
 def to_safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 
-    # clone: safetensors refuses tensors that share storage (tied embeddings)
+    # clone: safetensors refuses tensors that share storage
     return save({k: v.contiguous().clone() for k, v in sd.items()})
 
 

@@ -262,9 +262,10 @@ def test_chunked_head_equals_reference(model, batch, coords, val):
     assert float(_rel(fast, slow).max()) < 5e-6
     a = batched.prompt_scores(model, batch, coords, "exact", val_grads=val, head_chunk_tokens=3)
     b = batched.prompt_scores(model, batch, coords, "exact", val_grads=val)
-    assert float(_rel(a["norms"][:, None], b["norms"][:, None]).max()) < 1e-6
-    torch.testing.assert_close(a["kl"], b["kl"], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(a["objective"], b["objective"], rtol=1e-5, atol=1e-7)
+    assert float(_rel(a["norms"][:, None], b["norms"][:, None]).max()) < 5e-6  # the same partial sums (4e-6 seen on AMD EPYC)
+    # the head GEMM on 3 rows or on all of them rounds differently (BLAS kernels differ by shape)
+    torch.testing.assert_close(a["kl"], b["kl"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["objective"], b["objective"], rtol=1e-5, atol=1e-6)
 
 
 def _budget_rows(seed):

@@ -1,20 +1,30 @@
 """Influence engine cost: batched exact/projected modes and the per-prompt reference vs the floor.
 
 Floor = one plain forward + backward of the same objective over the same tokens with ordinary
-parameter .grad (what computing the batch's *summed* gradient costs). Two model sizes:
+parameter .grad (what computing the batch's *summed* gradient costs). Three model sizes:
   - tiny: the tiny checkpoint's shape (~0.4M params; hidden 128, 2 layers), 64 prompts x 8;
-  - 25m:  a random Llama (hidden 512, MLP 1376, 8 layers, ~25M params), 16 prompts x 8.
-Prompts look like the task suite ("417*23=", 6-9 byte tokens), responses 2-8 tokens, every
-prompt with mixed rewards (non-zero advantages, so no prompt is skipped). Influence settings:
-params=linear, sample ratio p=0.1, k=1024 Rademacher, float32 gradients.
+  - 25m:  a random Llama (hidden 512, MLP 1376, 8 layers, ~25M params), 16 prompts x 8;
+  - qwen2-151k: benchmarks/scale.py's random Qwen2 (vocabulary 151,936, tied embeddings, hidden
+    128, 2 layers, ~19.7M params, the head dominating as at 1.5B), 2 prompts x 4 trajectories of
+    32 prompt + 897-1,024 response tokens (~7.8k tokens in one pass). Dense [N, L, V] logits
+    would need ~5 GB per copy, so its floor runs the head 1,024 positions at a time without
+    recompute (chunked_floor); `trainer_path` is the trainer's chunked head, which recomputes
+    each chunk in backward. No reference there (per-prompt dense logits; too slow).
+Tiny and 25m prompts look like the task suite ("417*23=", 6-9 byte tokens), responses 2-8
+tokens, every prompt with mixed rewards (non-zero advantages, so no prompt is skipped).
+Influence settings: params=linear, sample ratio p=0.1, k=1024, float32 gradients; `projected`
+is the dense Rademacher projection (exact int8 GEMM; Gaussian runs the same GEMM), `sjlt` the
+sparse JL map (influence.proj_kind: sjlt).
 Timing: one subprocess per size runs the four methods interleaved, round by round, after a
 warm-up (torch.set_num_threads(2)); reported are each method's best time over the rounds and
 the median of its per-round ratio to that round's floor (the machine may be shared: the load
-average is recorded). Memory: one subprocess per (size, method), peak RSS (ru_maxrss) minus
-the RSS once model and data are built, so one-time library buffers count too. Also reported:
+average is recorded). Memory: one subprocess per (size, method), peak RSS (VmHWM, reset once
+model, data and validation gradient exist) minus the RSS then, so one-time library buffers
+count too. Also reported:
 the projection's achieved FLOP/s alone (2*B*D*k per second, generation included) for B = the
 batch's prompts and B = 64, next to a plain float32 2048^3 matmul measured in the same process.
-Usage: .venv/bin/python -m benchmarks.influence_engine [--sizes tiny,25m]   (writes results/influence_engine.{json,png})
+Usage: .venv/bin/python -m benchmarks.influence_engine [--sizes tiny,25m,qwen2-151k]
+(a run of some sizes keeps the others' last results in the JSON; each size's ratios come from one run)   (writes results/influence_engine.{json,png})
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ from benchmarks.common import RESULTS, write_result
 SIZES = {
     "tiny": dict(prompts=64, k=8, hidden=128, inter=256, layers=2, heads=4, repeats=7),
     "25m": dict(prompts=16, k=8, hidden=512, inter=1376, layers=8, heads=8, repeats=5),
+    "qwen2-151k": dict(prompts=2, k=4, repeats=3, real_vocab=True),
 }
-METHODS = ("floor", "exact", "projected", "reference")
+METHODS = ("floor", "exact", "projected", "sjlt", "reference")
+HEAD_CHUNK = 1024
 RATIO, PROJ_DIM, SEED = 0.1, 1024, 0
 CKPT = Path(__file__).resolve().parents[1] / "artifacts" / "base-model"
 
@@ -46,6 +58,9 @@ def build_model(size: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     s = SIZES[size]
+    if s.get("real_vocab"):
+        from benchmarks.scale import _model
+        return _model(SEED)
     if size == "tiny" and CKPT.is_dir():
         from cropi.model.loading import load_model
         return load_model(CKPT)
@@ -56,10 +71,17 @@ def build_model(size: str):
     return LlamaForCausalLM(cfg)
 
 
-def build_batch(model, prompts: int, k: int, seed: int):
-    """Task-like byte-token prompts and responses; behavior log-probs = model's own + noise."""
+def build_batch(model, prompts: int, k: int, seed: int, real_vocab: bool = False):
+    """Task-like byte-token prompts and responses; behavior log-probs = model's own + noise.
+    real_vocab: scale.py's random 1k-token rows (behavior log-probs ~ log(1/V), ratios ~ 1)."""
     from cropi.influence.batch import make_batch
     from tests.support.reference_engine import dense_logp
+
+    if real_vocab:
+        from benchmarks.scale import _influence_rows
+        rows = _influence_rows(prompts, seed)
+        assert all(len(r) == 1 for r in [{r["prompt_id"] for r in rows[i * k:(i + 1) * k]} for i in range(prompts)])
+        return make_batch(rows, pad_id=0)[0]
 
     rng = random.Random(seed)
     rows = []
@@ -95,28 +117,69 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
+def chunked_floor(model, batch) -> None:
+    """The summed gradient into ordinary .grad with the head run HEAD_CHUNK response positions at
+    a time: each chunk's logits, backward into the head weight and dJ/dh, then dropped (no
+    recompute); then one backward through the body from dJ/dh. The least work a bounded-memory
+    gradient at this vocabulary takes: the engine's schedule without per-prompt capture."""
+    from cropi.influence.objective import offpolicy_objective, token_logp, token_weights
+    from cropi.model.sequences import lm_head
+
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              use_cache=False).last_hidden_state  # [N, L, H]
+    n, j = torch.nonzero(batch.target_mask, as_tuple=True)  # [T]
+    h = hidden[n, j - 1]  # [T, H]
+    targets, beta = batch.input_ids[n, j], batch.behavior_logp[n, j]
+    w = token_weights(batch.target_mask, batch.advantage, batch.prompt_index, batch.num_prompts)[n, j]  # [T]
+    h_leaf = h.detach().requires_grad_(True)
+    head = lm_head(model)
+    for c in range(0, h.shape[0], HEAD_CHUNK):
+        sl = slice(c, c + HEAD_CHUNK)
+        lp = token_logp(head(h_leaf[sl]), targets[sl])[None]  # [1, C]
+        ones = torch.ones_like(lp, dtype=torch.bool)
+        offpolicy_objective(lp, beta[sl][None], w[sl][None], ones, torch.zeros_like(lp, dtype=torch.long), 1).sum().backward()
+    h.backward(h_leaf.grad)
+
+
 def setup(size: str):
     from cropi.influence import batched
     from cropi.influence.coords import sample_coordinates
     from tests.support import reference_engine as reference
     from tests.support.reference_engine import prompt_objective
 
+    from cropi.model.sequences import response_logprobs
+
     torch.set_num_threads(2)
     s = SIZES[size]
+    real = bool(s.get("real_vocab"))
     model = build_model(size)
-    batch = build_batch(model, s["prompts"], s["k"], SEED)
+    batch = build_batch(model, s["prompts"], s["k"], SEED, real)
     coords = sample_coordinates(model, "linear", RATIO, SEED)
-    val = {"val": batched.validation_mean_gradient(model, [build_batch(model, 8, s["k"], SEED + 1)], coords)}
-    kw = dict(proj_dim=PROJ_DIM, proj_kind="rademacher", seed=SEED, grad_dtype="float32")
+    val_batch = build_batch(model, 1 if real else 8, s["k"], SEED + 1, real)
+    val = {"val": batched.validation_mean_gradient(model, [val_batch], coords, head_chunk_tokens=HEAD_CHUNK)}
+    kw = dict(proj_dim=PROJ_DIM, seed=SEED, grad_dtype="float32", head_chunk_tokens=HEAD_CHUNK)
 
     def floor():
         model.zero_grad(set_to_none=True)
-        prompt_objective(reference.dense_logp(model, batch), batch).sum().backward()
+        if real:
+            chunked_floor(model, batch)
+        else:
+            prompt_objective(reference.dense_logp(model, batch), batch).sum().backward()
+
+    def trainer_path():  # the trainer's chunked head: recomputed in backward by activation checkpointing
+        model.zero_grad(set_to_none=True)
+        logp = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.target_mask, HEAD_CHUNK)
+        prompt_objective(logp, batch).sum().backward()
 
     fns = {"floor": floor,
            "exact": lambda: batched.prompt_scores(model, batch, coords, "exact", val_grads=val, **kw),
-           "projected": lambda: batched.prompt_scores(model, batch, coords, "projected", **kw),
-           "reference": lambda: reference.prompt_scores(model, batch, coords, "exact", val_grads=val, **kw)}
+           "projected": lambda: batched.prompt_scores(model, batch, coords, "projected", proj_kind="rademacher", **kw),
+           "sjlt": lambda: batched.prompt_scores(model, batch, coords, "projected", proj_kind="sjlt", **kw)}
+    if real:
+        fns["trainer_path"] = trainer_path
+    else:
+        fns["reference"] = lambda: reference.prompt_scores(model, batch, coords, "exact", val_grads=val,
+                                                           proj_dim=PROJ_DIM, seed=SEED, grad_dtype="float32")
     return model, batch, coords, fns
 
 
@@ -130,9 +193,9 @@ def timing_worker(size: str) -> dict:
     model, batch, coords, fns = setup(size)
     for fn in fns.values():
         fn()
-    rounds = {m: [] for m in METHODS}
+    rounds = {m: [] for m in fns}
     for _ in range(SIZES[size]["repeats"]):
-        for m in METHODS:
+        for m in fns:
             t0 = time.perf_counter()
             fns[m]()
             rounds[m].append(time.perf_counter() - t0)
@@ -153,13 +216,16 @@ def timing_worker(size: str) -> dict:
 
 
 def memory_worker(size: str, method: str) -> dict:
-    """Peak RSS of one method alone: ru_maxrss after two calls minus the RSS before the first."""
+    """Peak RSS of one method alone: the high-water mark over two calls (Linux VmHWM, reset after
+    set-up, whose validation gradient would otherwise count) minus the RSS before the first."""
     _, _, _, fns = setup(size)
     base = rss_mib()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     fns[method]()
     fns[method]()
-    return {"size": size, "method": method,
-            "peak_rss_delta_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base}
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:")) / 1024
+    return {"size": size, "method": method, "peak_rss_delta_mib": hwm - base}
 
 
 def plot(timing: list[dict], path: Path) -> None:
@@ -168,15 +234,17 @@ def plot(timing: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
-    width = 0.25
-    for i, method in enumerate(("exact", "projected", "reference")):
-        vals = [t["ratio_best"][method] for t in timing]
-        bars = ax[0].bar([x + (i - 1) * width for x in range(len(timing))], vals, width, label=method)
-        ax[0].bar_label(bars, fmt="%.2f")
+    width = 0.2
+    for i, method in enumerate(("exact", "projected", "sjlt", "reference")):
+        xs = [x + (i - 1.5) * width for x, t in enumerate(timing) if method in t["ratio_best"]]
+        vals = [t["ratio_best"][method] for t in timing if method in t["ratio_best"]]
+        bars = ax[0].bar(xs, vals, width, label=method)
+        ax[0].bar_label(bars, fmt="%.2f", fontsize=8)
     ax[0].axhline(1.0, color="k", lw=0.8)
-    ax[0].axhline(1.2, color="grey", ls="--", lw=0.8)
-    ax[0].set_xticks(range(len(timing)), [f"{t['size']}: {t['params'] / 1e6:.2f}M params\n{t['prompts']} prompts x 8"
-                                          for t in timing])
+    ax[0].axhline(1.2, color="grey", ls="--", lw=0.8, label="1.2 / 1.25 targets")
+    ax[0].axhline(1.25, color="grey", ls="--", lw=0.8)
+    ax[0].set_xticks(range(len(timing)), [f"{t['size']}: {t['params'] / 1e6:.1f}M params\n"
+                                          f"{t['prompts']} prompts, {t['tokens']} tok" for t in timing], fontsize=8)
     ax[0].set_ylabel("best time / best floor time")
     ax[0].legend()
     ax[0].set_title("influence engine vs floor (fwd+bwd with .grad), 2 threads")
@@ -210,6 +278,7 @@ def main() -> None:
     ap.add_argument("--timing", metavar="SIZE")
     ap.add_argument("--memory", nargs=2, metavar=("SIZE", "METHOD"))
     ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     if args.timing:
         print(json.dumps(timing_worker(args.timing)))
@@ -217,17 +286,28 @@ def main() -> None:
     if args.memory:
         print(json.dumps(memory_worker(*args.memory)))
         return
+    if args.plot_only:  # redraw from the saved JSON
+        plot(json.loads((RESULTS / "influence_engine.json").read_text())["timing"], RESULTS / "influence_engine.png")
+        return
     timing, memory = [], {}
     for size in args.sizes.split(","):
         timing.append(_sub("--timing", size))
         print(f"{size}: {json.dumps(timing[-1]['ratio_best'])}", file=sys.stderr)
-        memory[size] = {m: round(_sub("--memory", size, m)["peak_rss_delta_mib"], 1) for m in METHODS}
+        memory[size] = {m: round(_sub("--memory", size, m)["peak_rss_delta_mib"], 1) for m in timing[-1]["seconds_best"]}
     png = RESULTS / "influence_engine.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / "influence_engine.json"
+    if previous.is_file():  # sizes not run now keep their last measurement (each size is one run, side by side)
+        old = json.loads(previous.read_text())
+        if old.get("settings", {}).get("sjlt") == "sjlt":
+            ran = {t["size"] for t in timing}
+            timing = [t for t in old["timing"] if t["size"] not in ran] + timing
+            memory = {**{k: v for k, v in old["peak_rss_delta_mib"].items() if k not in ran}, **memory}
+    timing.sort(key=lambda t: list(SIZES).index(t["size"]))
     plot(timing, png)
     write_result("influence_engine", {
-        "settings": {"sample_ratio": RATIO, "proj_dim": PROJ_DIM, "proj_kind": "rademacher", "grad_dtype": "float32",
-                     "params": "linear", "threads": 2},
+        "settings": {"sample_ratio": RATIO, "proj_dim": PROJ_DIM, "projected": "rademacher", "sjlt": "sjlt",
+                     "grad_dtype": "float32", "params": "linear", "threads": 2, "head_chunk_tokens": HEAD_CHUNK},
         "ratio_to_floor_best": {t["size"]: {m: round(v, 3) for m, v in t["ratio_best"].items()} for t in timing},
         "ratio_to_floor_median_paired": {t["size"]: {m: round(v, 3) for m, v in t["ratio_median_paired"].items()}
                                          for t in timing},

@@ -51,10 +51,11 @@ def test_two_gradient_actors_one_row_per_prompt_and_targeted_selection(add_only_
     s = run_selector(cfg, 0, pool)
     fam = s["composition"]["family"]
     assert s["selected"] == 40
-    # the pool is 25% add; a selection aimed at the add validation set is well above that share,
-    # and above add's share of the prompts that can be selected at all (non-zero gradient)
+    # a selection aimed at the add validation set takes add prompts well above add's share of the
+    # prompts that can be selected at all (non-zero gradient). Not compared with add's share of the
+    # pool: how many add prompts have a gradient depends on the base model, which is rebuilt on each
+    # machine and rounds differently by CPU (on one, 76 of 100 add prompts had K equal rewards).
     eligible = {k: v["pool"] - v["zero_grad"] for k, v in fam.items()}
-    assert fam["add"]["selected_frac"] >= 1.5 * fam["add"]["pool_frac"], fam
     assert fam["add"]["selected_frac"] >= 1.3 * eligible["add"] / sum(eligible.values()), fam
     assert (tmp / "run" / "phase-0" / "selection.png").stat().st_size > 10_000
 

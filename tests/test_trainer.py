@@ -126,17 +126,40 @@ def _train_args(tmp_path, sel, *sets):
             "--selection", str(sel), *[a for s in extra for a in ("--set", s)]]
 
 
-def test_short_run_raises_targeted_family_pass_rate(tiny_model, tmp_path):
+def test_short_run_raises_targeted_family_likelihood(tiny_model, tmp_path):
     sel = _select_family(tmp_path, "add")
     run = subprocess.run(_train_args(tmp_path, sel, "trainer.eval_every=40") + ["--steps", "40"],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(x) for x in (tmp_path / "run" / "phase-0" / "train_metrics.jsonl").read_text().splitlines()]
     first, last = lines[0], lines[-1]
-    # 64 prompts x 16 samples: the std of a pass@1 estimate is ~0.015; the margin is 3x that
-    assert last["val_pass@1/add"] > first["val_pass@1/add"] + 0.05, (first, last)
     assert [m["step"] for m in lines] == list(range(41))
-    assert (tmp_path / "run" / "phase-0" / "checkpoint" / "model.safetensors").is_file()
+    ckpt = tmp_path / "run" / "phase-0" / "checkpoint"
+    assert (ckpt / "model.safetensors").is_file()
+    # What GRPO on add prompts must do, measured without sampling noise: raise the log-likelihood
+    # of the correct answers of add's validation prompts, and more than any other family's.
+    gain = {f: _answer_loglik(ckpt, f) - _answer_loglik(tiny_model, f) for f in ("add", "sub", "mul", "mod")}
+    assert gain["add"] > 0.02 and all(gain["add"] > g + 0.02 for f, g in gain.items() if f != "add"), gain
+    # sampled pass@1 (64 prompts x 16, std ~0.015 per estimate; the gain itself depends on the base
+    # model, rebuilt per machine: +0.05 on one, +0.02 on another): at least no loss beyond 3 std
+    assert last["val_pass@1/add"] > first["val_pass@1/add"] - 0.045, (first, last)
+
+
+def _answer_loglik(model_dir, family: str) -> float:
+    """Mean over a validation set's prompts of log p(ground-truth answer + EOS | prompt)."""
+    from cropi.data.dataset import render_prompt
+    from cropi.data.suite import load_data
+    from cropi.model.loading import load_model, load_tokenizer
+    from cropi.model.sequences import collate, response_logprobs
+
+    _, val = load_data(load_config("configs/tiny-cpu.yaml"))
+    tok, model = load_tokenizer(model_dir), load_model(model_dir).eval()
+    rows = val[family]
+    prompts = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
+    answers = [tok(r.ground_truth, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
+    ids, attn, target = collate(prompts, answers, tok.pad_token_id)
+    with torch.no_grad():
+        return float(response_logprobs(model, ids, attn, target).sum(1).mean())
 
 
 def _rank_pids():

@@ -64,8 +64,8 @@ def check_reloads(tok, directory: str | Path, texts: list[str]) -> None:
         if getattr(back, name) != getattr(tok, name):
             raise CropiError(f"tokenizer saved in {directory} reloads as {type(back).__name__} with "
                              f"{name} {getattr(back, name)} instead of {getattr(tok, name)}")
-    for i, text in enumerate(texts):
-        a, b = tok(text)["input_ids"], back(text)["input_ids"]
+    for i, (a, b) in enumerate(zip(tok(texts)["input_ids"], back(texts)["input_ids"])):
         if a != b:
+            text = texts[i]
             raise CropiError(f"tokenizer saved in {directory} reloads as {type(back).__name__} and encodes "
                              f"text {i} ({text[:60]!r}) as {b[:12]}... instead of {a[:12]}...")

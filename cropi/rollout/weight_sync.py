@@ -10,7 +10,7 @@ On the CPU backend `model.load_weights` breaks the repacked oneDNN layers; the w
 Tied embeddings: a checkpoint (and our sync, which sends each tensor once) has no
 `lm_head.weight` when the head is the input embedding, but on the CPU backend the head is
 repacked separately and keeps its old values if only the embedding is reloaded (measured on
-Qwen2: log-probs 0.02 off). So the embedding is also sent under the head's name.
+Qwen2: log-probs 0.02 off). So the worker also loads the embedding under the head's name.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -25,12 +25,13 @@ def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
     """Full, unsharded parameters, tied ones once (ZeRO-3 gathers them; stages 0-2 keep them whole
     on every rank)."""
     module = engine.module
+    gathered = contextlib.nullcontext()
     if zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
-    return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered:
+        return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
 
 
 def to_safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:

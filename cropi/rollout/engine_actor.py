@@ -17,6 +17,10 @@ class RolloutEngine:
         self.cfg = cfg
         self.tok, self.llm, self.reward_fn = open_engine(cfg, model_path, worker_index)
 
+    def ready(self) -> bool:
+        """Returns once the engine is up (a queued call waits for __init__)."""
+        return True
+
     def generate(self, rows, n: int, temperature: float, seeds: list[int], where: str = "train") -> dict:
         """Fresh samples from the current weights, rewarded (GRPO rollouts and validation)."""
         from cropi.rollout.engine import sample_and_score
@@ -34,9 +38,21 @@ class RolloutEngine:
         return prompt_logprobs(self.llm, token_ids)
 
     def load_weights(self, blob: bytes) -> int:
+        """Object-store sync: the trainer's safetensors blob."""
         from cropi.rollout.engine import load_weights
 
         return load_weights(self.llm, blob)
+
+    def sync_open(self, host: str, port: int, first_rank: int, world: int, timeout_s: float, backend: str,
+                  name: str) -> list[int]:
+        """Broadcast sync: every vLLM worker of this engine joins trainer rank 0's group."""
+        return self.llm.collective_rpc("cropi_sync_open", args=(host, port, first_rank, world, timeout_s, backend, name))
+
+    def sync_receive(self, sync_id: int) -> int:
+        """Broadcast sync: receive the weights in place, then drop prefixes cached under the old ones."""
+        n = self.llm.collective_rpc("cropi_sync_receive", args=(sync_id,))[0]
+        self.llm.reset_prefix_cache()
+        return n
 
 
 def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **kw):

@@ -1,8 +1,12 @@
 """Receiving side of trainer -> vLLM weight sync: a vLLM worker extension.
 
 vLLM instantiates this mix-in inside each worker (`LLM(worker_extension_cls=...)`) and we call
-its methods with `llm.collective_rpc(name, args=...)`. Tensors cannot travel in those args,
-so the trainer writes a safetensors file (under /dev/shm on one machine) and sends its path.
+its methods with `llm.collective_rpc(name, args=...)`. Two ways in:
+- broadcast (`trainer.sync: broadcast`): each worker joins the sync group of trainer rank 0
+  (cropi.sync.channel) once, then per sync receives the buckets rank 0 broadcasts and feeds them,
+  as they arrive, to the worker's in-place reload: one bucket in flight, no file, no full copy;
+- object store (the fallback): tensors cannot travel in collective_rpc's args, so the engine
+  actor writes the trainer's safetensors blob to a file (under /dev/shm) and sends its path.
 On the CPU backend `model.load_weights` breaks the repacked oneDNN layers; the worker's own
 `reload_weights(weights_iterator=...)` reloads and repacks every layer, so we use that.
 (Do not name a method `update_weights`: it clashes with the worker's own.)
@@ -18,26 +22,74 @@ from __future__ import annotations
 HEAD = "lm_head.weight"
 
 
-def with_tied_head(tensors: dict, model, tied: bool) -> dict:
-    """tensors plus HEAD = the input embedding's tensor, when the model ties them and HEAD is absent.
+def tied_head_source(model, tied: bool) -> str | None:
+    """The name of the parameter a tied head shares (the input embedding), or None.
     A tied model's `lm_head` is its embedding module, and named_parameters() names a shared
     parameter once, by its first (embedding) name."""
     head = getattr(model, "lm_head", None)
-    if not tied or HEAD in tensors or head is None:
-        return tensors
-    name = next((n for n, p in model.named_parameters() if p is head.weight), None)
-    if name is None or name not in tensors:
+    if not tied or head is None or not hasattr(head, "weight"):
+        return None
+    return next((n for n, p in model.named_parameters() if p is head.weight), None)
+
+
+def with_tied_head(tensors: dict, model, tied: bool) -> dict:
+    """tensors plus HEAD = the input embedding's tensor, when the model ties them and HEAD is absent."""
+    name = tied_head_source(model, tied)
+    if HEAD in tensors or name is None or name not in tensors:
         return tensors
     return {**tensors, HEAD: tensors[name]}
 
 
 class WeightSyncExtension:
+    def _cropi_tied(self) -> bool:
+        return bool(getattr(self.vllm_config.model_config.hf_config, "tie_word_embeddings", False))
+
     def cropi_load_weights_file(self, path: str) -> int:
         """Load every tensor in a safetensors file into the running model; returns the count."""
         from safetensors.torch import load_file
 
         tensors = load_file(path)
-        tied = bool(getattr(self.vllm_config.model_config.hf_config, "tie_word_embeddings", False))
-        tensors = with_tied_head(tensors, self.get_model(), tied)
+        tensors = with_tied_head(tensors, self.get_model(), self._cropi_tied())
         self.reload_weights(weights_iterator=iter(tensors.items()))
         return len(tensors)
+
+    def cropi_sync_open(self, host: str, port: int, first_rank: int, world: int, timeout_s: float,
+                        backend: str, name: str) -> int:
+        """Join trainer rank 0's sync group as rank first_rank + this worker's rank; -> that rank."""
+        from cropi.sync.channel import SyncChannel
+
+        rank = first_rank + int(getattr(self, "rank", 0))
+        names = [f"sync rank {r}" for r in range(world)]
+        names[rank] = name if int(getattr(self, "rank", 0)) == 0 else f"{name} worker {self.rank}"
+        device = next(self.get_model().parameters()).device
+        self._cropi_channel = SyncChannel(host, port, rank, world, timeout_s, backend, names, str(device))
+        self._cropi_plan = None
+        return rank
+
+    def cropi_sync_receive(self, sync_id: int) -> int:
+        """Receive sync `sync_id` bucket by bucket into the running model; -> tensors loaded."""
+        from cropi.sync.buckets import unflatten
+
+        ch = self._cropi_channel
+        ch.mark(f"ready/{sync_id}")
+        if self._cropi_plan is None:
+            self._cropi_plan = ch.fetch("plan")
+        plan, head_src = self._cropi_plan, tied_head_source(self.get_model(), self._cropi_tied())
+        count = 0
+
+        def stream():
+            nonlocal count
+            import torch
+
+            for i, b in enumerate(plan):
+                buf = torch.empty(b.numel, dtype=b.torch_dtype, device=ch.device)
+                ch.broadcast(buf, f"bucket {i + 1}/{len(plan)} of sync {sync_id}")
+                for name, t in unflatten(b, buf):
+                    count += 1
+                    yield name, t
+                    if name == head_src:
+                        yield HEAD, t
+
+        self.reload_weights(weights_iterator=stream())
+        ch.mark(f"done/{sync_id}")
+        return count

@@ -15,7 +15,6 @@ import random
 import time
 from pathlib import Path
 
-import ray
 import torch
 
 from cropi import seeds
@@ -61,17 +60,13 @@ def _latest_tag(state_dir: Path) -> str | None:
     return p.read_text().strip() if p.is_file() else None
 
 
-def sync_weights(group, engines) -> None:
-    blob = ray.put(group.weights())
-    engines.each(lambda e: e.load_weights.remote(blob))
-
-
 def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list[int],
               val: dict[str, list[PromptRow]], start_ckpt: str, log=print, on_step=None) -> dict:
     """Train phase M for `steps` GRPO steps on `selected`; returns the summary (train_summary.json)."""
     from cropi.model.loading import load_tokenizer
     from cropi.placement import training_placement
     from cropi.rollout.engine_actor import engine_pool
+    from cropi.sync.link import WeightLink
     from cropi.trainer.group import TrainerGroup
 
     if not selected:
@@ -90,11 +85,12 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
     with place, engine_pool(cfg, start_ckpt, f"phase{phase}", place, engine_bundles, on_death=hint) as engines, \
             TrainerGroup(cfg, start_ckpt, str(Path(cfg.model.path).resolve()), tag=str(phase),
                          placement=place, bundles=rank_bundles, on_death=hint) as group:
+        link = WeightLink(cfg, group, engines)
         startup = time.time() - t_start
         step0, tag = 0, _latest_tag(state_dir)
         if tag is not None:
             step0 = group.load_state(str(state_dir), tag)
-            sync_weights(group, engines)
+            link.push()
             log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
         # keep the metrics of the steps that the checkpoint covers; the rest are redone
         write_jsonl([m for m in read_jsonl(metrics_path) if m["step"] <= step0], metrics_path)
@@ -105,7 +101,7 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
             on_step(m0)
             log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
         for step in range(step0 + 1, steps + 1):
-            m = _step(cfg, phase, step, steps, selected, by_id, tok, engines, group, val)
+            m = _step(cfg, phase, step, steps, selected, by_id, tok, engines, group, link, val)
             if step % t.save_every == 0 or step == steps:
                 group.save_state(str(state_dir), step)
             append_jsonl(m, metrics_path)
@@ -122,7 +118,8 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
     return summary
 
 
-def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, engines, group, val) -> dict:
+def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, engines, group, link,
+          val) -> dict:
     """One GRPO step: rollouts, advantages, the DeepSpeed step, weight sync, maybe eval; -> metrics."""
     t = cfg.trainer
     timing = {}
@@ -157,7 +154,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     ntok = sum(r["tokens"] for r in ranks)
     t0 = time.time()
     if step % t.sync_every == 0 or step == steps:
-        sync_weights(group, engines)
+        link.push()
     timing["sync_seconds"] = time.time() - t0
     m = {"phase": phase, "step": step, "reward_mean": float(rewards.mean()),
          "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,

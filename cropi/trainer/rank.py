@@ -76,11 +76,40 @@ class TrainerRank:
         return int(client["step"])
 
     def state_dict_bytes(self) -> bytes | None:
-        """Rank 0: the full weights as safetensors bytes (for vLLM sync and HF export); collective."""
+        """Rank 0: the full weights as safetensors bytes (object-store sync); collective under
+        ZeRO-3 only: below it the other ranks have nothing to do and copy nothing."""
         from cropi.trainer.export import gathered_state_dict, to_safetensors_bytes
 
+        if self.rank != 0 and self.cfg.trainer.zero_stage != 3:
+            return None
         sd = gathered_state_dict(self.engine, self.cfg.trainer.zero_stage)
         return to_safetensors_bytes(sd) if self.rank == 0 else None
+
+    def sync_address(self) -> tuple[str, int]:
+        """Where rank 0 hosts the weight-sync group's store."""
+        from cropi.sync.channel import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def sync_open(self, host: str, port: int, world: int, timeout_s: float, backend: str,
+                  peer_names: list[str], bucket_bytes: int) -> None:
+        """Every rank plans the buckets (ZeRO-3 gathers them in that order); rank 0 opens the group
+        with the vLLM workers (blocks until all joined, or raises naming who did not)."""
+        from cropi.sync.channel import SyncChannel
+        from cropi.sync.sender import sync_plan
+
+        self.sync_plan = sync_plan(self.engine.module, bucket_bytes)
+        self.channel = None
+        if self.rank == 0:
+            self.channel = SyncChannel(host, port, 0, world, timeout_s, backend, peer_names, self.device)
+            self.channel.publish("plan", self.sync_plan)
+
+    def sync_send(self, sync_id: int) -> dict:
+        """Broadcast the current weights (rank 0); under ZeRO-3 all ranks gather bucket by bucket."""
+        from cropi.sync.sender import send_weights
+
+        return send_weights(self.engine.module, self.cfg.trainer.zero_stage, self.sync_plan, self.channel,
+                            sync_id, self.device)
 
     def save_hf(self, directory: str, tokenizer_from: str) -> None:
         """Rank 0 writes a Hugging Face checkpoint; collective (ZeRO-3 gathers)."""

@@ -1,0 +1,112 @@
+"""`SyncChannel`: the process group of trainer rank 0 (rank 0) and every vLLM worker (ranks
+1..P), set up once for the life of the engines and the trainer group.
+
+Built without a default process group, so it lives beside the trainer's own DeepSpeed group and
+vLLM's groups without touching them: rank 0 hosts a TCPStore, every peer connects to it, and a
+torch ProcessGroupGloo (CPU) or ProcessGroupNCCL (GPU) is constructed on that store directly.
+
+No collective may hang: rank 0 waits for each peer's key in the store (`joined`, `ready`,
+`done`) with a deadline and, when one is missing, raises a CropiError naming exactly the peers
+that did not answer; every broadcast waits with the same timeout.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from datetime import timedelta
+
+import torch
+
+from cropi.errors import CropiError
+
+
+class SyncTimeout(CropiError):
+    """A peer of the weight-sync group did not answer within the timeout."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class SyncChannel:
+    def __init__(self, host: str, port: int, rank: int, world: int, timeout_s: float, backend: str = "gloo",
+                 peer_names: list[str] | None = None, device: str = "cpu"):
+        """rank 0 creates the store (and must be given peer_names: what to call rank r in errors);
+        rank r > 0 connects to it. Blocks until every rank has joined, or raises naming the missing."""
+        import torch.distributed as dist
+
+        self.rank, self.world, self.timeout_s, self.device = rank, world, float(timeout_s), device
+        self.peer_names = peer_names or [f"sync rank {r}" for r in range(world)]
+        self._timeout = timedelta(seconds=self.timeout_s)
+        where = f"weight sync group at {host}:{port}"
+        try:
+            self.store = dist.TCPStore(host, port, world_size=None, is_master=rank == 0, timeout=self._timeout,
+                                       wait_for_workers=False)
+        except Exception as e:  # a peer whose rank 0 never came up
+            raise SyncTimeout(f"{where}: rank {rank} could not reach rank 0 (trainer rank 0) within "
+                              f"{self.timeout_s:.0f} s: {e}") from None
+        self.store.set(f"joined/{rank}", "1")
+        if rank == 0:
+            self.wait_for("joined", "join the weight sync group")
+        if backend == "gloo":
+            self.pg = dist.ProcessGroupGloo(dist.PrefixStore("pg", self.store), rank, world, self._timeout)
+        elif backend == "nccl":  # GPU path: not run on the CPU-only CI machines
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = self._timeout
+            self.pg = dist.ProcessGroupNCCL(dist.PrefixStore("pg", self.store), rank, world, opts)
+        else:
+            raise CropiError(f"weight sync backend must be gloo or nccl, got {backend!r}")
+
+    # -- the store: small control messages, and who has answered ------------------------------
+    def missing(self, key: str) -> list[int]:
+        return [r for r in range(1, self.world) if not self.store.check([f"{key}/{r}"])]
+
+    def wait_for(self, key: str, what: str) -> None:
+        """Rank 0: wait until every peer r has set key/r, or raise naming those that did not."""
+        deadline = time.monotonic() + self.timeout_s
+        while missing := self.missing(key):
+            if time.monotonic() > deadline:
+                names = ", ".join(self.peer_names[r] for r in missing)
+                raise SyncTimeout(f"weight sync: {names} did not {what} within {self.timeout_s:.0f} s "
+                                  f"(trainer.sync_timeout_s); {len(self.world_peers()) - len(missing)} of "
+                                  f"{len(self.world_peers())} peers did. Is the engine alive and idle?")
+            time.sleep(0.02)
+
+    def world_peers(self) -> list[int]:
+        return list(range(1, self.world))
+
+    def mark(self, key: str) -> None:
+        self.store.set(f"{key}/{self.rank}", "1")
+
+    def publish(self, key: str, obj) -> None:
+        self.store.set(key, pickle.dumps(obj))
+
+    def fetch(self, key: str):
+        try:
+            return pickle.loads(self.store.get(key))  # blocks up to the store's timeout
+        except Exception as e:
+            raise SyncTimeout(f"weight sync: {self.peer_names[self.rank]} got no {key!r} from trainer rank 0 "
+                              f"within {self.timeout_s:.0f} s: {e}") from None
+
+    # -- the data: one broadcast per bucket -----------------------------------------------------
+    def broadcast(self, buf: torch.Tensor, what: str) -> None:
+        """buf from rank 0 to every rank, in place; raises (never hangs) after the timeout."""
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank, opts.rootTensor, opts.timeout = 0, 0, self._timeout
+        try:
+            self.pg.broadcast([buf], opts).wait(self._timeout)
+        except Exception as e:
+            who = "trainer rank 0" if self.rank else "a peer (see which engine the driver names)"
+            raise SyncTimeout(f"weight sync: broadcast of {what} failed at {self.peer_names[self.rank]} "
+                              f"within {self.timeout_s:.0f} s; {who} stopped answering: {e}") from None
+
+    def close(self) -> None:
+        self.pg = None
+        self.store = None

@@ -9,6 +9,10 @@ The path, in the order `run_loop` takes it:
         select the top alpha               selection.actor.run_selector   RUN_DIR/phase-m/selection.parquet
         GRPO for E steps                   trainer.phase.run_phase        RUN_DIR/phase-m/checkpoint/
 
+The GRPO engines and ranks (trainer.services) start with the first phase that trains and serve
+every later one (`trainer.keep_alive`): a phase rebuilds the ranks' DeepSpeed engines in place
+from its start checkpoint and loads it into the vLLM engines by weight sync.
+
 Baselines, same trainer and budget: `full` trains each phase on the whole pool; `random` on a
 seeded random subset of the same size as CROPI's (`selection.fusion.n_select`).
 
@@ -35,6 +39,7 @@ Departures from the paper (arXiv 2510.26491) and the authors' release:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -83,6 +88,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.store.run_record import check_run, claim_phase, record_start
     from cropi.store.selection import selected_ids
     from cropi.trainer.phase import run_phase
+    from cropi.trainer.services import TrainingServices
 
     if method not in METHODS:
         raise CropiError(f"--method must be one of {METHODS}, got {method!r}")
@@ -92,7 +98,8 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     check_run(cfg, method)  # refuse another method or a changed config before anything runs
     record_start(cfg, method)
     timings: dict[str, float] = {}
-    with ray_session(cfg, dashboard=True):
+    services = None  # the training engines and ranks, started by the first phase that trains
+    with ray_session(cfg, dashboard=True), contextlib.ExitStack() as keep:
         metrics = RunMetrics(paths.root, paths.root.name)
 
         def stage(name: str, fn, phase: int | None = None):
@@ -125,9 +132,11 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             else:
                 _write_baseline_selection(cfg, m, pool, method)
             start = phase_start_checkpoint(cfg, m)
+            if cfg.trainer.keep_alive and services is None:
+                services = keep.enter_context(TrainingServices(cfg, start))
             summary = stage("train", lambda: run_phase(cfg, m, cfg.trainer.steps_per_phase, pool,
                                                        selected_ids(paths.selection(m)), val, start, log,
-                                                       on_step=metrics.on_step), m)
+                                                       on_step=metrics.on_step, services=services), m)
             metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})
     result = {"method": method, "run_dir": str(paths.root), "stage_seconds": timings,
               "final_checkpoint": str(paths.checkpoint(cfg.run.num_phases - 1))}

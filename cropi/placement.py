@@ -64,8 +64,33 @@ def reserve(bundles: list[dict], what: str, timeout_s: float = 120.0) -> Placeme
         total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
         raise CropiError(f"{what}: the cluster cannot provide {len(bundles)} bundles {bundles} "
                          f"(total {total}) within {timeout_s:.0f} s; available now: {ray.available_resources()}. "
-                         "Lower the actor counts or resources in the config.")
+                         "Lower the actor counts or resources in the config (with trainer.keep_alive the training "
+                         "engines and ranks keep their bundles between phases; trainer.keep_alive=false frees them).")
     return Placement(pg, bundles)
+
+
+def training_cpus(cfg) -> float:
+    """CPUs the training placement reserves (trainer ranks and their rollout engines)."""
+    t, ro = cfg.resources.trainer, cfg.resources.rollout
+    w, n = cfg.trainer.world_size, cfg.train_engines()
+    if cfg.resources.placement == "split":
+        return w * t.num_cpus + n * ro.num_cpus
+    return sum(t.num_cpus * (i < w) + ro.num_cpus * (i < n) for i in range(max(w, n)))
+
+
+def local_cpus(cfg) -> int:
+    """What a local Ray head declares: resources.local_num_cpus, or (0) enough for the stages that
+    hold bundles at the same time -- the kept-alive training placement beside the gradient actors or
+    the refresh writers -- and at least this machine's cores."""
+    import math
+    import os
+
+    r = cfg.resources
+    if r.local_num_cpus:
+        return r.local_num_cpus
+    others = max(r.influence.num_actors * r.influence.num_cpus, r.rollout.num_workers * r.rollout.num_cpus)
+    need = others + training_cpus(cfg) if cfg.trainer.keep_alive else max(others, training_cpus(cfg))
+    return max(os.cpu_count() or 1, math.ceil(need))
 
 
 def workers_placement(count: int, cpus: float, gpus: float, what: str, timeout_s: float = 120.0) -> Placement:

@@ -20,7 +20,9 @@ def ray_session(cfg: Config, dashboard: bool = False):
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.resources.local_num_cpus, include_dashboard=dashboard,
+        from cropi.placement import local_cpus
+
+        ray.init(num_cpus=local_cpus(cfg), include_dashboard=dashboard,
                  dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=True)
     try:
         yield

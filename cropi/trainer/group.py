@@ -45,6 +45,10 @@ class TrainerGroup:
     def weights(self) -> bytes:
         return self.pool.each(lambda a: a.state_dict_bytes.remote())[0]
 
+    def reset(self, init_path: str) -> None:
+        """Every rank rebuilds its DeepSpeed engine from init_path in place (a new phase)."""
+        self.pool.each(lambda a: a.reset.remote(init_path))
+
     def save_state(self, directory: str, step: int) -> None:
         self.pool.each(lambda a: a.save_state.remote(directory, step))
 

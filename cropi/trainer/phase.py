@@ -61,13 +61,12 @@ def _latest_tag(state_dir: Path) -> str | None:
 
 
 def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list[int],
-              val: dict[str, list[PromptRow]], start_ckpt: str, log=print, on_step=None) -> dict:
-    """Train phase M for `steps` GRPO steps on `selected`; returns the summary (train_summary.json)."""
+              val: dict[str, list[PromptRow]], start_ckpt: str, log=print, on_step=None, services=None) -> dict:
+    """Train phase M for `steps` GRPO steps on `selected`; returns the summary (train_summary.json).
+    `services` (a TrainingServices kept across phases) serves the engines and ranks; without it the
+    phase starts its own and stops them at the end."""
     from cropi.model.loading import load_tokenizer
-    from cropi.placement import training_placement
-    from cropi.rollout.engine_actor import engine_pool
-    from cropi.sync.link import WeightLink
-    from cropi.trainer.group import TrainerGroup
+    from cropi.trainer.services import TrainingServices
 
     if not selected:
         raise CropiError(f"phase {phase}: the selection is empty; nothing to train on")
@@ -77,45 +76,58 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
         raise CropiError(f"phase {phase}: selected prompt ids {missing[:5]} are not in the training pool")
     on_step = on_step or (lambda m: None)
     paths = RunPaths.of(cfg)
-    t, tok = cfg.trainer, load_tokenizer(start_ckpt)
+    tok = load_tokenizer(start_ckpt)
     state_dir, metrics_path = paths.trainer_state(phase), paths.train_metrics(phase)
     t_start = time.time()
-    place, rank_bundles, engine_bundles = training_placement(cfg)
-    hint = f"rerun the same command to resume from the last DeepSpeed checkpoint in {state_dir}"
-    with place, engine_pool(cfg, start_ckpt, f"phase{phase}", place, engine_bundles, on_death=hint) as engines, \
-            TrainerGroup(cfg, start_ckpt, str(Path(cfg.model.path).resolve()), tag=str(phase),
-                         placement=place, bundles=rank_bundles, on_death=hint) as group:
-        link = WeightLink(cfg, group, engines)
-        startup = time.time() - t_start
-        step0, tag = 0, _latest_tag(state_dir)
-        if tag is not None:
-            step0 = group.load_state(str(state_dir), tag)
-            link.push()
-            log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
-        # keep the metrics of the steps that the checkpoint covers; the rest are redone
-        write_jsonl([m for m in read_jsonl(metrics_path) if m["step"] <= step0], metrics_path)
-        if step0 == 0:
-            ev = evaluate(engines, val, cfg, 0)
-            m0 = {"phase": phase, "step": 0, **{f"val_pass@1/{k}": v for k, v in ev.items()}}
-            append_jsonl(m0, metrics_path)
-            on_step(m0)
-            log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
-        for step in range(step0 + 1, steps + 1):
-            m = _step(cfg, phase, step, steps, selected, by_id, tok, engines, group, link, val)
-            if step % t.save_every == 0 or step == steps:
-                group.save_state(str(state_dir), step)
-            append_jsonl(m, metrics_path)
-            on_step(m)
-            log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
-                f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
-        ckpt = paths.checkpoint(phase)
-        group.save_hf(str(ckpt), start_ckpt)
+    own = services is None
+    if own:
+        services = TrainingServices(cfg, start_ckpt, tag=f"phase{phase}")
+    try:
+        startup = services.begin_phase(start_ckpt)
+        if not own and services.phases == 1:  # started by the caller for this phase: its start-up counts here
+            t_start -= startup
+        ckpt, step0 = _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, metrics_path,
+                             start_ckpt, log, on_step)
+    finally:
+        if own:
+            services.close()
     all_m = read_jsonl(metrics_path)
     summary = {"phase": phase, "steps": steps, "resumed_from_step": step0, "startup_seconds": startup,
                "wall_seconds": time.time() - t_start, "checkpoint": str(ckpt),
                "final_val_pass@1": {k[len("val_pass@1/"):]: v for k, v in all_m[-1].items() if k.startswith("val_pass@1/")}}
     write_json(summary, paths.train_summary(phase))
     return summary
+
+
+def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, metrics_path, start_ckpt, log,
+           on_step) -> tuple:
+    """Steps step0+1..steps of the phase (step0 from its last DeepSpeed checkpoint), then its HF
+    checkpoint; -> (checkpoint path, step0)."""
+    t, engines, group, link = cfg.trainer, services.engines, services.group, services.link
+    step0, tag = 0, _latest_tag(state_dir)
+    if tag is not None:
+        step0 = group.load_state(str(state_dir), tag)
+        link.push()
+        log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
+    # keep the metrics of the steps that the checkpoint covers; the rest are redone
+    write_jsonl([m for m in read_jsonl(metrics_path) if m["step"] <= step0], metrics_path)
+    if step0 == 0:
+        ev = evaluate(engines, val, cfg, 0)
+        m0 = {"phase": phase, "step": 0, **{f"val_pass@1/{k}": v for k, v in ev.items()}}
+        append_jsonl(m0, metrics_path)
+        on_step(m0)
+        log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
+    for step in range(step0 + 1, steps + 1):
+        m = _step(cfg, phase, step, steps, selected, by_id, tok, engines, group, link, val)
+        if step % t.save_every == 0 or step == steps:
+            group.save_state(str(state_dir), step)
+        append_jsonl(m, metrics_path)
+        on_step(m)
+        log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
+            f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
+    ckpt = RunPaths.of(cfg).checkpoint(phase)
+    group.save_hf(str(ckpt), start_ckpt)
+    return ckpt, step0
 
 
 def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, engines, group, link,

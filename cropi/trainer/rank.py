@@ -35,17 +35,35 @@ class TrainerRank:
         if cpu:
             os.environ["DS_ACCELERATOR"] = "cpu"
         import deepspeed
-        import torch
 
         from cropi.model.loading import load_model
 
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
         self.device = "cpu" if cpu else "cuda"
+        self.ref = load_model(ref_path, cfg.model.dtype, self.device).eval().requires_grad_(False)
+        self.engine = None
+        self.reset(init_path)
+
+    def reset(self, init_path: str) -> None:
+        """(Re)build the DeepSpeed engine from the checkpoint at init_path: fresh weights and a fresh
+        optimizer, as a new phase needs, in this same process (the process group, the reference
+        model and every import stay). Collective."""
+        import gc
+
+        import deepspeed
+        import torch
+
+        from cropi.model.loading import load_model
+
+        cfg, world_size = self.cfg, self.world
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
+            gc.collect()
         model = load_model(init_path, cfg.model.dtype, self.device)
         model.config.use_cache = False
         if cfg.trainer.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.ref = load_model(ref_path, cfg.model.dtype, self.device).eval().requires_grad_(False)
         # A step is a token-budgeted number of micro-batches that varies with the responses'
         # lengths (cropi.trainer.batching): the step function marks the accumulation boundary
         # itself (set_gradient_accumulation_boundary) and steps once, so DeepSpeed's own counters

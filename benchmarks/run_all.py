@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["rollout_throughput", "influence_engine", "rank_preservation", "selection_pool", "trainer_step", "baselines"]
+BENCHMARKS = ["rollout_throughput", "influence_engine", "rank_preservation", "selection_pool", "trainer_step",
+              "weight_sync", "phase_startup", "baselines"]
 
 if __name__ == "__main__":
     failed = []

@@ -137,6 +137,8 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             summary = stage("train", lambda: run_phase(cfg, m, cfg.trainer.steps_per_phase, pool,
                                                        selected_ids(paths.selection(m)), val, start, log,
                                                        on_step=metrics.on_step, services=services), m)
+            if services is not None:
+                services.rest()
             metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})
     result = {"method": method, "run_dir": str(paths.root), "stage_seconds": timings,
               "final_checkpoint": str(paths.checkpoint(cfg.run.num_phases - 1))}

@@ -107,8 +107,27 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+def _logged(run: Path, phases: int) -> dict:
+    """What a run decided and logged: each phase's selected ids and (step, reward) of its metrics."""
+    out = {}
+    for m in range(phases):
+        pdir = run / f"phase-{m}"
+        out[m, "selected"] = sorted(r["prompt_id"] for r in pq.read_table(pdir / "selection.parquet").to_pylist()
+                                    if r["selected"])
+        out[m, "steps"] = [(x["step"], x.get("reward_mean")) for x in
+                           map(json.loads, (pdir / "train_metrics.jsonl").read_text().splitlines())]
+    return out
+
+
 def test_killed_driver_rerun_finishes_without_duplicates(tiny_model, tmp_path):
-    args = [sys.executable, "-m", "cropi.cli", "run", "configs/tiny-cpu.yaml", *_sets(_small(tmp_path, 2, 4))]
+    """Kill the driver (and its local Ray) inside phase 1's GRPO steps, where the engines and ranks
+    kept alive since phase 0 serve it; the rerun resumes mid-phase and logs what an undisturbed run
+    logs: the same selections, the same steps with the same rewards."""
+    undisturbed = tmp_path / "undisturbed"
+    base = [sys.executable, "-m", "cropi.cli", "run", "configs/tiny-cpu.yaml"]
+    ref = subprocess.run(base + _sets(_small(undisturbed, 2, 4)), capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    args = base + _sets(_small(tmp_path, 2, 4))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     metrics = tmp_path / "run" / "phase-1" / "train_metrics.jsonl"
@@ -129,3 +148,4 @@ def test_killed_driver_rerun_finishes_without_duplicates(tiny_model, tmp_path):
     status = subprocess.run([sys.executable, "-m", "cropi.cli", "status", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=60).stdout
     assert "phase-1:" in status and "checkpoint saved" in status and "run finished" in status
+    assert _logged(tmp_path / "run", 2) == _logged(undisturbed / "run", 2)

@@ -45,3 +45,25 @@ def test_impossible_request_is_a_clear_error(ray4):
         pl.reserve([{"CPU": 1.0, "GPU": 1.0}] * 2, "test stage", timeout_s=2)
     with pytest.raises(CropiError, match="influence"):
         workers_placement(8, 1.0, 0.0, "influence", timeout_s=2)
+
+
+def test_local_ray_declares_room_for_the_kept_alive_training_placement(monkeypatch):
+    import os
+
+    from cropi.placement import local_cpus, training_cpus
+    from cropi.rollout.engine import sleeps
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    cfg = load_config("configs/tiny-cpu.yaml")  # 2 ranks x 0.5 + 1 engine x 1 shared; 2 gradient actors x 1
+    assert training_cpus(cfg) == 2.0
+    assert local_cpus(cfg) == 4  # training bundles held while the gradient actors run
+    assert local_cpus(load_config("configs/tiny-cpu.yaml", ["trainer.keep_alive=false"])) == 2
+    assert local_cpus(load_config("configs/tiny-cpu.yaml", ["resources.local_num_cpus=3"])) == 3
+    split = load_config("configs/tiny-cpu.yaml", ["resources.placement=split", "resources.rollout.num_workers=3"])
+    assert training_cpus(split) == 2 * 0.5 + 3 * 1.0 and local_cpus(split) == 7  # + max(2 actors, 3 writers)
+    assert not sleeps(cfg)  # sleep mode is a GPU colocation feature
+    gpu = load_config("configs/tiny-cpu.yaml", ["resources.device=cuda", "resources.rollout.num_gpus=0.5",
+                                                "resources.trainer.num_gpus=0.5", "resources.influence.num_gpus=1"])
+    assert sleeps(gpu) and not sleeps(load_config("configs/tiny-cpu.yaml", [
+        "resources.device=cuda", "resources.placement=split", "resources.rollout.num_gpus=1",
+        "resources.trainer.num_gpus=1", "resources.influence.num_gpus=1"]))

@@ -58,7 +58,15 @@ def make_llm(cfg, model_path: str, seed: int):
         kwargs["enforce_eager"] = True  # compiled graphs start slower on CPU and gain nothing at this size
     else:
         kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = sleeps(cfg)
     return LLM(**kwargs)
+
+
+def sleeps(cfg) -> bool:
+    """GPU colocation (resources.placement: shared on cuda): the engine sleeps (vLLM sleep mode
+    level 1: weights offloaded to host memory, KV cache freed) while the trainer rank on its GPU
+    steps, and wakes for the weight sync and the next rollouts. Not available on CPU."""
+    return cfg.resources.device == "cuda" and cfg.resources.placement == "shared"
 
 
 @dataclass

@@ -43,6 +43,14 @@ class RolloutEngine:
 
         return load_weights(self.llm, blob)
 
+    def sleep(self) -> None:
+        """GPU colocation: free the GPU for the trainer (weights to host memory, KV cache dropped)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """GPU colocation: tags ["weights"] before a weight sync, ["kv_cache"] before sampling."""
+        self.llm.wake_up(tags)
+
     def sync_open(self, host: str, port: int, first_rank: int, world: int, timeout_s: float, backend: str,
                   name: str) -> list[int]:
         """Broadcast sync: every vLLM worker of this engine joins trainer rank 0's group."""

@@ -118,7 +118,7 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         on_step(m0)
         log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     for step in range(step0 + 1, steps + 1):
-        m = _step(cfg, phase, step, steps, selected, by_id, tok, engines, group, link, val)
+        m = _step(cfg, phase, step, steps, selected, by_id, tok, services, val)
         if step % t.save_every == 0 or step == steps:
             group.save_state(str(state_dir), step)
         append_jsonl(m, metrics_path)
@@ -130,10 +130,10 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
     return ckpt, step0
 
 
-def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, engines, group, link,
-          val) -> dict:
-    """One GRPO step: rollouts, advantages, the DeepSpeed step, weight sync, maybe eval; -> metrics."""
-    t = cfg.trainer
+def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, services, val) -> dict:
+    """One GRPO step: rollouts, advantages, the DeepSpeed step, weight sync, maybe eval; -> metrics.
+    Colocated on GPU (services.sleeps) the engines sleep through the DeepSpeed step."""
+    t, engines, group, link = cfg.trainer, services.engines, services.group, services.link
     timing = {}
     t0 = time.time()
     rng = random.Random(seeds.train_batch(cfg.run.seed, phase, step))
@@ -159,7 +159,11 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
                "advantages": [advs[i] for i in ix], "pad_id": tok.pad_token_id, "micro_batches": mb}
               for ix, mb in zip(parts, micro)]
     t0 = time.time()
+    if services.sleeps:
+        engines.each(lambda e: e.sleep.remote())
     ranks = group.train_step(shards, gnorm)
+    if services.sleeps:
+        engines.each(lambda e: e.wake_up.remote(["weights"]))
     timing["train_step_seconds"] = time.time() - t0
     timing["logprob_seconds"] = max(r["logprob_seconds"] for r in ranks)
     timing["train_seconds"] = max(r["train_seconds"] for r in ranks)
@@ -167,6 +171,8 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     t0 = time.time()
     if step % t.sync_every == 0 or step == steps:
         link.push()
+    if services.sleeps:
+        engines.each(lambda e: e.wake_up.remote(["kv_cache"]))
     timing["sync_seconds"] = time.time() - t0
     m = {"phase": phase, "step": step, "reward_mean": float(rewards.mean()),
          "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,

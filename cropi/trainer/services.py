@@ -18,17 +18,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-DEATH_HINT = "rerun the same command to resume: the run continues from its last checkpoint"
+DEATH_HINT = "rerun the same command to resume from the last DeepSpeed checkpoint (finished phases are kept)"
 
 
 class TrainingServices:
     def __init__(self, cfg, start_ckpt: str, tag: str = "run"):
         from cropi.placement import training_placement
+        from cropi.rollout.engine import sleeps
         from cropi.rollout.engine_actor import engine_pool
         from cropi.sync.link import WeightLink
         from cropi.trainer.group import TrainerGroup
 
         self.cfg, self.engines, self.group, self.link = cfg, None, None, None
+        self.sleeps = sleeps(cfg)  # GPU colocation: engines sleep while the ranks step
         t0 = time.time()
         self.placement, rank_bundles, engine_bundles = training_placement(cfg)
         try:
@@ -39,7 +41,7 @@ class TrainingServices:
         except BaseException:
             self.close()
             raise
-        self.weights_of, self.phases = start_ckpt, 0
+        self.weights_of, self.phases, self.resting = start_ckpt, 0, False
         self.started_seconds = time.time() - t0
 
     def __enter__(self) -> "TrainingServices":
@@ -52,6 +54,9 @@ class TrainingServices:
         """Make every rank and engine hold start_ckpt with a fresh optimizer; -> seconds it took
         (the services' own start-up for the first phase they serve)."""
         self.phases += 1
+        if self.resting:
+            self.engines.each(lambda e: e.wake_up.remote(None))
+            self.resting = False
         if self.phases == 1 and start_ckpt == self.weights_of:
             return self.started_seconds
         t0 = time.time()
@@ -59,6 +64,13 @@ class TrainingServices:
         self.link.push()
         self.weights_of = start_ckpt
         return time.time() - t0
+
+    def rest(self) -> None:
+        """Between phases on GPU (colocated): the engines sleep, so selection's gradient actors
+        find their memory free; begin_phase wakes them."""
+        if self.sleeps and not self.resting:
+            self.engines.each(lambda e: e.sleep.remote())
+            self.resting = True
 
     def close(self) -> None:
         for part in (self.group, self.engines):

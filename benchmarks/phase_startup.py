@@ -1,0 +1,87 @@
+"""Per-phase start-up of GRPO training: new engines and ranks every phase (trainer.keep_alive=false,
+what every phase paid before) against services kept alive (a phase rebuilds the DeepSpeed engines
+in place from its start checkpoint and syncs it into vLLM by broadcast). Side by side in one run.
+
+Models: the tiny demo model, and a random-init Qwen2 of ~100M parameters at the real vocabulary
+(151,936; benchmarks.weight_sync.build). Trainer world 2, ZeRO-2, one vLLM engine, as the demo.
+- fresh: TrainingServices(cfg, ckpt) started and closed, `--repeats` times;
+- kept:  one TrainingServices; begin_phase alternates between two checkpoint directories (the
+  same weights under two paths, so every call rebuilds), `--repeats` times.
+Usage: .venv/bin/python -m benchmarks.phase_startup [--models tiny,100m] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"seconds": [round(x, 3) for x in xs], "median": round(statistics.median(xs), 3),
+            "min": round(min(xs), 3), "max": round(max(xs), 3)}
+
+
+def measure(name: str, model: str, repeats: int) -> dict:
+    from cropi.config import load_config
+    from cropi.trainer.services import TrainingServices
+
+    cfg = load_config("configs/tiny-cpu.yaml", [f"model.path={model}", "rollout.max_model_len=256"])
+    other = Path(tempfile.mkdtemp(prefix="cropi-ckpt-", dir="/dev/shm"))
+    try:
+        shutil.copytree(model, other, dirs_exist_ok=True)
+        fresh = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            s = TrainingServices(cfg, model, tag="bench-fresh")
+            fresh.append(time.perf_counter() - t0)
+            s.close()
+        kept = []
+        with TrainingServices(cfg, model, tag="bench-kept") as s:
+            s.begin_phase(model)
+            for i in range(repeats):
+                kept.append(s.begin_phase(str(other) if i % 2 == 0 else model))
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    row = {"model": name, "fresh_per_phase": _stats(fresh), "kept_alive_per_phase": _stats(kept)}
+    row["kept_over_fresh_median"] = round(row["kept_alive_per_phase"]["median"] / row["fresh_per_phase"]["median"], 4)
+    print(f"{name}: fresh {row['fresh_per_phase']['median']:.2f} s, kept alive {row['kept_alive_per_phase']['median']:.2f} s "
+          f"({100 * row['kept_over_fresh_median']:.1f}%)", flush=True)
+    return row
+
+
+def main() -> None:
+    import ray
+
+    from benchmarks.weight_sync import build
+    from cropi.config import load_config
+    from cropi.placement import local_cpus
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="tiny,100m")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    ray.init(num_cpus=local_cpus(load_config("configs/tiny-cpu.yaml")), include_dashboard=False,
+             configure_logging=False)
+    rows = []
+    try:
+        for name in args.models.split(","):
+            if name == "tiny":
+                rows.append(measure(name, str(Path("artifacts/base-model").resolve()), args.repeats))
+                continue
+            with tempfile.TemporaryDirectory(prefix=f"cropi-{name}-", dir="/dev/shm") as d:
+                params = build(name, Path(d))
+                rows.append({"parameters": params, **measure(name, d, args.repeats)})
+    finally:
+        ray.shutdown()
+    write_result("phase_startup", {"world_size": 2, "zero_stage": 2, "engines": 1, "sync": "broadcast",
+                                   "repeats": args.repeats, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -56,11 +56,11 @@ class RolloutEngine:
         """Broadcast sync: every vLLM worker of this engine joins trainer rank 0's group."""
         return self.llm.collective_rpc("cropi_sync_open", args=(host, port, first_rank, world, timeout_s, backend, name))
 
-    def sync_receive(self, sync_id: int) -> int:
+    def sync_receive(self, sync_id: int) -> dict:
         """Broadcast sync: receive the weights in place, then drop prefixes cached under the old ones."""
-        n = self.llm.collective_rpc("cropi_sync_receive", args=(sync_id,))[0]
+        out = self.llm.collective_rpc("cropi_sync_receive", args=(sync_id,))[0]
         self.llm.reset_prefix_cache()
-        return n
+        return out
 
 
 def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **kw):

@@ -4,7 +4,8 @@ vLLM instantiates this mix-in inside each worker (`LLM(worker_extension_cls=...)
 its methods with `llm.collective_rpc(name, args=...)`. Two ways in:
 - broadcast (`trainer.sync: broadcast`): each worker joins the sync group of trainer rank 0
   (cropi.sync.channel) once, then per sync receives the buckets rank 0 broadcasts and feeds them,
-  as they arrive, to the worker's in-place reload: one bucket in flight, no file, no full copy;
+  as they arrive, to the worker's in-place reload (the next bucket arrives while one loads): no
+  file, no full copy;
 - object store (the fallback): tensors cannot travel in collective_rpc's args, so the engine
   actor writes the trainer's safetensors blob to a file (under /dev/shm) and sends its path.
 On the CPU backend `model.load_weights` breaks the repacked oneDNN layers; the worker's own
@@ -66,8 +67,11 @@ class WeightSyncExtension:
         self._cropi_plan = None
         return rank
 
-    def cropi_sync_receive(self, sync_id: int) -> int:
-        """Receive sync `sync_id` bucket by bucket into the running model; -> tensors loaded."""
+    def cropi_sync_receive(self, sync_id: int) -> dict:
+        """Receive sync `sync_id` bucket by bucket into the running model; -> tensors loaded and
+        seconds spent in all, and receiving (the rest is vLLM's in-place load)."""
+        import time
+
         from cropi.sync.buckets import unflatten
 
         ch = self._cropi_channel
@@ -75,21 +79,30 @@ class WeightSyncExtension:
         if self._cropi_plan is None:
             self._cropi_plan = ch.fetch("plan")
         plan, head_src = self._cropi_plan, tied_head_source(self.get_model(), self._cropi_tied())
-        count = 0
+        count, waited, t0 = 0, 0.0, time.perf_counter()
 
         def stream():
-            nonlocal count
+            # bucket i+1 is received (on the backend's thread) while vLLM loads bucket i
+            nonlocal count, waited
             import torch
 
+            def post(i):
+                buf = torch.empty(plan[i].numel, dtype=plan[i].torch_dtype, device=ch.device)
+                return ch.start_broadcast(buf), buf
+
+            nxt = post(0) if plan else None
             for i, b in enumerate(plan):
-                buf = torch.empty(b.numel, dtype=b.torch_dtype, device=ch.device)
-                ch.broadcast(buf, f"bucket {i + 1}/{len(plan)} of sync {sync_id}")
-                for name, t in unflatten(b, buf):
+                work, buf = nxt
+                t = time.perf_counter()
+                ch.wait(work, f"bucket {i + 1}/{len(plan)} of sync {sync_id}")
+                waited += time.perf_counter() - t
+                nxt = post(i + 1) if i + 1 < len(plan) else None
+                for name, tensor in unflatten(b, buf):
                     count += 1
-                    yield name, t
+                    yield name, tensor
                     if name == head_src:
-                        yield HEAD, t
+                        yield HEAD, tensor
 
         self.reload_weights(weights_iterator=stream())
         ch.mark(f"done/{sync_id}")
-        return count
+        return {"tensors": count, "seconds": time.perf_counter() - t0, "receive_seconds": waited}

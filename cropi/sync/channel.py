@@ -96,12 +96,20 @@ class SyncChannel:
     # -- the data: one broadcast per bucket -----------------------------------------------------
     def broadcast(self, buf: torch.Tensor, what: str) -> None:
         """buf from rank 0 to every rank, in place; raises (never hangs) after the timeout."""
+        self.wait(self.start_broadcast(buf), what)
+
+    def start_broadcast(self, buf: torch.Tensor):
+        """Post the broadcast of buf and return at once (the backend moves it on its own thread);
+        `wait` on the handle before touching buf. One bucket can travel while the next is prepared."""
         import torch.distributed as dist
 
         opts = dist.BroadcastOptions()
         opts.rootRank, opts.rootTensor, opts.timeout = 0, 0, self._timeout
+        return self.pg.broadcast([buf], opts)
+
+    def wait(self, work, what: str) -> None:
         try:
-            self.pg.broadcast([buf], opts).wait(self._timeout)
+            work.wait(self._timeout)
         except Exception as e:
             who = "trainer rank 0" if self.rank else "a peer (see which engine the driver names)"
             raise SyncTimeout(f"weight sync: broadcast of {what} failed at {self.peer_names[self.rank]} "

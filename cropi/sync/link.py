@@ -83,4 +83,7 @@ class WeightLink:
         self.sync_id += 1
         s = self.sync_id
         refs = [r.sync_send.remote(s) for r in self.group.ranks] + [e.sync_receive.remote(s) for e in self.engines.actors]
-        return _await(refs, names, f"weight sync {s}")[0]
+        out = _await(refs, names, f"weight sync {s}")
+        engines = out[len(self.group.ranks):]
+        return {**out[0], "engine_seconds_max": max(e["seconds"] for e in engines),
+                "engine_receive_seconds_max": max(e["receive_seconds"] for e in engines)}

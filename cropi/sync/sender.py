@@ -2,7 +2,7 @@
 
 Every trainer rank calls `send_weights` (under ZeRO-3 each bucket's parameters are gathered by a
 collective of all ranks, one bucket at a time, and released before the next); only rank 0 holds
-a channel and broadcasts. Below ZeRO-3 rank 0 already has every parameter whole and the other
+a channel and broadcasts, each bucket while the next is gathered and flattened. Below ZeRO-3 rank 0 already has every parameter whole and the other
 ranks return at once. No rank ever holds more than the model it trains plus one bucket.
 """
 
@@ -48,15 +48,23 @@ def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: 
     if channel is not None:
         channel.wait_for(f"ready/{sync_id}", f"get ready for weight sync {sync_id}")
     t_ready = time.perf_counter() - t0
-    nbytes = 0
+    nbytes, in_flight = 0, None  # (work, buffer, what) of the bucket on the wire
     for i, b in enumerate(plan):
         ps = [params[e.name] for e in b.entries]
         with _gathered(ps, zero_stage), torch.no_grad():
             if channel is not None:
                 buf = flatten(b, {e.name: params[e.name].data for e in b.entries}, device)
-                channel.broadcast(buf, f"bucket {i + 1}/{len(plan)} ({b.nbytes / 2**20:.1f} MiB) of sync {sync_id}")
-                nbytes += b.nbytes
-                del buf
+        # the gathered parameters are released here; buf holds the bucket while it travels and the
+        # next bucket is gathered and flattened: at most two buckets exist at once
+        if channel is not None:
+            if in_flight is not None:
+                channel.wait(in_flight[0], in_flight[2])
+            what = f"bucket {i + 1}/{len(plan)} ({b.nbytes / 2**20:.1f} MiB) of sync {sync_id}"
+            in_flight = (channel.start_broadcast(buf), buf, what)
+            nbytes += b.nbytes
+            del buf
+    if in_flight is not None:
+        channel.wait(in_flight[0], in_flight[2])
     if channel is None:
         return {}
     t_sent = time.perf_counter() - t0

@@ -11,7 +11,7 @@ fixed sequence are compared with the trainer's (HF forward of the same weights).
 reference model is the tiny one (it plays no part in a sync), to leave room for 400M x 2 ranks.
 Rows of (size, world, stage) not rerun are kept from the last run's JSON; the JSON is written after
 every row.
-Usage: .venv/bin/python -m benchmarks.weight_sync [--sizes 10m,100m,400m] [--repeats 3]
+Usage: .venv/bin/python -m benchmarks.weight_sync [--sizes 10m,100m,400m] [--repeats 3] [--plot-only]
 """
 
 from __future__ import annotations
@@ -162,6 +162,37 @@ def measure(size: str, model: str, engines, world: int, zero: int, repeats: int)
     return row
 
 
+def plot(path: Path) -> None:
+    """Seconds per sync against parameters, both paths, one panel per (world, stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads((RESULTS / "weight_sync.json").read_text())["rows"]
+    fig, axes = plt.subplots(1, len(COMBOS), figsize=(4 * len(COMBOS), 3.4), sharey=True)
+    for ax, (world, zero) in zip(axes, COMBOS):
+        sub = [r for r in rows if (r["world"], r["zero_stage"]) == (world, zero)]
+        for name, color in (("broadcast", "tab:blue"), ("object_store", "tab:red")):
+            pts = [(r["parameters"] / 1e6, r[name]) for r in sub if name in r]
+            if not pts:
+                continue
+            x = [p for p, _ in pts]
+            ax.plot(x, [m["seconds_median"] for _, m in pts], "o-", color=color, label=name)
+            ax.fill_between(x, [m["seconds_min"] for _, m in pts], [m["seconds_max"] for _, m in pts], color=color, alpha=0.2)
+        for r in sub:
+            if "object_store_error" in r:
+                ax.annotate("object store:\nout of memory", (r["parameters"] / 1e6, ax.get_ylim()[1] * 0.8), fontsize=7,
+                            color="tab:red", ha="right")
+        ax.set_xscale("log")
+        ax.set_title(f"world {world}, ZeRO-{zero}")
+        ax.set_xlabel("parameters (M), vocab 151,936")
+    axes[0].set_ylabel("seconds per sync (median, min-max)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     import ray
 
@@ -171,21 +202,35 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10m,100m,400m")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--combos", default=",".join(f"{w}x{z}" for w, z in COMBOS), help="worldxstage, e.g. 1x2,2x3")
     args = ap.parse_args()
+    if args.plot_only:
+        return plot(RESULTS / "weight_sync.png")
     combos = [tuple(int(x) for x in c.split("x")) for c in args.combos.split(",")]
     rows, params = [], {}
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     try:
         for size in args.sizes.split(","):
-            with tempfile.TemporaryDirectory(prefix=f"cropi-sync-{size}-", dir="/dev/shm") as d:
+            # on disk, not /dev/shm: tmpfs pages are RAM, and 400M x 2 ranks leaves none to spare
+            with tempfile.TemporaryDirectory(prefix=f"cropi-sync-{size}-", dir="/var/tmp") as d:
                 params[size] = build(size, Path(d))
                 cfg = load_config("configs/tiny-cpu.yaml", [f"model.path={d}", "resources.rollout.kv_cache_gib=1",
                                                             "rollout.max_model_len=256", "resources.rollout.max_restarts=0"])
-                with engine_pool(cfg, d, f"bench-{size}") as engines:
+                engines = None
+                try:
                     for world, zero in combos:
-                        rows.append({"parameters": params[size], **measure(size, d, engines, world, zero, args.repeats)})
+                        if engines is None:  # (again, after a path killed the engine)
+                            engines = engine_pool(cfg, d, f"bench-{size}-{world}x{zero}")
+                        row = measure(size, d, engines, world, zero, args.repeats)
+                        rows.append({"parameters": params[size], **row})
                         _write(rows, params, args.repeats)  # after every row: a later failure loses nothing
+                        if any(k.endswith("_error") for k in row):
+                            engines.close()
+                            engines = None
+                finally:
+                    if engines is not None:
+                        engines.close()
     finally:
         ray.shutdown()
 
@@ -200,6 +245,7 @@ def _write(rows: list[dict], params: dict, repeats: int) -> None:
     rows = sorted(rows, key=lambda r: (list(SIZES).index(r["size"]), r["world"], r["zero_stage"]))
     write_result("weight_sync", {"vocab": VOCAB, "dtype": "float32", "engines": 1, "bucket_mb": 256,
                                  "repeats": repeats, "parameters": params, "rows": rows})
+    plot(RESULTS / "weight_sync.png")
 
 
 if __name__ == "__main__":

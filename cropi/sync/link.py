@@ -38,8 +38,10 @@ def _await(refs: list, names: list[str], what: str, grace_s: float = 3.0) -> lis
         i = pending.pop(done[0])
         try:
             out[i] = get(done[0])
-        except ray.exceptions.RayActorError:
-            errors.insert(0, CropiError(f"{what}: {names[i]} died during the sync"))
+        except ray.exceptions.RayActorError as e:
+            how = "could not start (its creation raised; the error is above and in its log)" \
+                if "creation task" in str(e) else "died"
+            errors.insert(0, CropiError(f"{what}: {names[i]} {how}"))
         except Exception as e:  # noqa: BLE001 -- re-raised below, the most telling first
             errors.append(e if isinstance(e, CropiError) else CropiError(f"{what}: {names[i]} failed: {e}"))
         if errors and deadline is None:

@@ -34,6 +34,21 @@ def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
 
 
+def state_dict_bytes(engine, zero_stage: int) -> bytes:
+    """The full weights, tied ones once, serialised straight from the (gathered) parameters: one
+    copy of the model in host memory, the bytes themselves (the object-store sync's payload)."""
+    from safetensors.torch import save
+
+    module = engine.module
+    gathered = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered, torch.no_grad():
+        return save({k: v.detach().contiguous() for k, v in _without_aliases(module.state_dict()).items()})
+
+
 def to_safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 

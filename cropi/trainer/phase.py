@@ -127,6 +127,7 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
             f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
     ckpt = RunPaths.of(cfg).checkpoint(phase)
     group.save_hf(str(ckpt), start_ckpt)
+    services.phase_saved(str(Path(ckpt).resolve()))  # the last step synced these very weights (_step)
     return ckpt, step0
 
 

@@ -96,12 +96,17 @@ class TrainerRank:
     def state_dict_bytes(self) -> bytes | None:
         """Rank 0: the full weights as safetensors bytes (object-store sync); collective under
         ZeRO-3 only: below it the other ranks have nothing to do and copy nothing."""
-        from cropi.trainer.export import gathered_state_dict, to_safetensors_bytes
+        from cropi.trainer.export import state_dict_bytes
 
-        if self.rank != 0 and self.cfg.trainer.zero_stage != 3:
-            return None
-        sd = gathered_state_dict(self.engine, self.cfg.trainer.zero_stage)
-        return to_safetensors_bytes(sd) if self.rank == 0 else None
+        zero = self.cfg.trainer.zero_stage
+        if self.rank == 0:
+            return state_dict_bytes(self.engine, zero)
+        if zero == 3:  # the gather is collective: the others take part and keep nothing
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+                pass
+        return None
 
     def sync_address(self) -> tuple[str, int]:
         """Where rank 0 hosts the weight-sync group's store."""

@@ -7,7 +7,8 @@ weight link between them, started once and kept for every phase of a run (`train
     services.close()
 
 A new phase costs a DeepSpeed engine rebuild inside the living rank processes (weights read from
-the phase's start checkpoint, fresh optimizer) and one weight sync, instead of new actors,
+the phase's start checkpoint, fresh optimizer) and, unless the engines already hold that
+checkpoint (the previous phase synced its last step, then saved it), one weight sync, instead of new actors,
 imports, vLLM start-up and process groups. The start weights come from the checkpoint on disk,
 exactly as a fresh start (or a rerun after a crash) reads them, so a kept-alive run and a resumed
 one train from the same values.
@@ -42,6 +43,7 @@ class TrainingServices:
             self.close()
             raise
         self.weights_of, self.phases, self.resting = start_ckpt, 0, False
+        self.engines_hold = start_ckpt  # the checkpoint whose weights the engines hold exactly
         self.started_seconds = time.time() - t0
 
     def __enter__(self) -> "TrainingServices":
@@ -61,9 +63,15 @@ class TrainingServices:
             return self.started_seconds
         t0 = time.time()
         self.group.reset(start_ckpt)  # same names and shapes: the sync plan still holds
-        self.link.push()
-        self.weights_of = start_ckpt
+        if start_ckpt != self.engines_hold:
+            self.link.push()
+        self.weights_of = self.engines_hold = start_ckpt
         return time.time() - t0
+
+    def phase_saved(self, ckpt: str) -> None:
+        """A phase ended by syncing its last step and saving those same weights as ckpt: the
+        engines hold ckpt exactly, and the next phase, which starts from it, needs no sync."""
+        self.engines_hold = ckpt
 
     def rest(self) -> None:
         """Between phases on GPU (colocated): the engines sleep, so selection's gradient actors

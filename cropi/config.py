@@ -194,7 +194,7 @@ class TrainerConfig:
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
     world_size: int = _f(2, "Trainer ranks (Ray actors, one DeepSpeed data-parallel rank each).", min=1)
     sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.", min=1)
-    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place and syncs its start weights) instead of starting them per phase; they hold their resources while selection runs.")
+    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place from its start checkpoint, which the engines already hold or get by one sync) instead of starting them per phase; they hold their resources while selection runs.")
     sync: str = _f("broadcast", "How weights reach the vLLM workers: broadcast (a gloo/NCCL group of trainer rank 0 and every worker; buckets streamed, loaded in place) | object_store (one safetensors blob through Ray; the fallback).", choices=("broadcast", "object_store"))
     sync_bucket_mb: float = _f(256.0, "Broadcast sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0)
     sync_timeout_s: float = _f(600.0, "Broadcast sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0)

@@ -11,7 +11,8 @@ The path, in the order `run_loop` takes it:
 
 The GRPO engines and ranks (trainer.services) start with the first phase that trains and serve
 every later one (`trainer.keep_alive`): a phase rebuilds the ranks' DeepSpeed engines in place
-from its start checkpoint and loads it into the vLLM engines by weight sync.
+from its start checkpoint; the engines hold it already (the last step of the previous phase synced it)
+or get it by one weight sync.
 
 Baselines, same trainer and budget: `full` trains each phase on the whole pool; `random` on a
 seeded random subset of the same size as CROPI's (`selection.fusion.n_select`).

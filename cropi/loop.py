@@ -14,8 +14,10 @@ every later one (`trainer.keep_alive`): a phase rebuilds the ranks' DeepSpeed en
 from its start checkpoint; the engines hold it already (the last step of the previous phase synced it)
 or get it by one weight sync.
 
-Baselines, same trainer and budget: `full` trains each phase on the whole pool; `random` on a
-seeded random subset of the same size as CROPI's (`selection.fusion.n_select`).
+Baselines, same trainer and budget (cropi.selection.baselines): `full` trains each phase on the
+whole pool; `random`, `filtered` (random among prompts whose buffered rewards vary) and
+`difficulty` (top p(1 - p) by buffered pass rate) on subsets of the size CROPI selects
+(`selection.fusion.n_select`); the last two read the buffer, built as for CROPI.
 
 Resume: every stage skips what is complete, at the grain it writes atomically: buffer shards,
 refresh and gradient shards, the phase's selection, DeepSpeed checkpoints inside a phase, and the
@@ -41,38 +43,31 @@ Departures from the paper (arXiv 2510.26491) and the authors' release:
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 
-import numpy as np
 
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
-METHODS = ("cropi", "full", "random")
-
-
-def baseline_selected(prompt_ids: list[int], method: str, alpha: float, seed: int) -> np.ndarray:
-    """`full`: every prompt; `random`: a seeded draw of n_select(alpha, N) prompts, as many as
-    CROPI selects from the same pool. -> bool [N] in the order of prompt_ids."""
-    from cropi.selection.fusion import n_select
-
-    if method == "full":
-        return np.ones(len(prompt_ids), bool)
-    keep = set(random.Random(seed).sample(list(prompt_ids), n_select(alpha, len(prompt_ids))))
-    return np.array([i in keep for i in prompt_ids], bool)
+METHODS = ("cropi", "full", "random", "filtered", "difficulty")
 
 
 def _write_baseline_selection(cfg, phase: int, pool: list[PromptRow], method: str) -> None:
     from cropi import seeds
+    from cropi.selection.baselines import NEEDS_BUFFER, baseline_selected
+    from cropi.store.buffer import complete_manifest, prompt_reward_stats
     from cropi.store.selection import baseline_table, write_selection
 
     path = RunPaths.of(cfg).selection(phase)
     if path.is_file():
         return
     ids = [r.prompt_id for r in pool]
-    sel = baseline_selected(ids, method, cfg.selection.alpha, seeds.random_baseline(cfg.run.seed, phase))
+    stats = prompt_reward_stats(complete_manifest(cfg)[0]) if method in NEEDS_BUFFER else None
+    try:
+        sel = baseline_selected(ids, method, cfg.selection.alpha, seeds.random_baseline(cfg.run.seed, phase), stats)
+    except ValueError as e:
+        raise CropiError(f"phase {phase}: {e}") from None
     write_selection(baseline_table(ids, sel), path)
 
 
@@ -85,6 +80,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.rollout.build import build_buffer
     from cropi.rollout.refresh import refresh_zero_grad
     from cropi.selection.actor import run_selector
+    from cropi.selection.baselines import NEEDS_BUFFER
     from cropi.store.files import write_json
     from cropi.store.run_record import check_run, claim_phase, record_start
     from cropi.store.selection import selected_ids
@@ -112,7 +108,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2))
             return out
 
-        if method == "cropi":
+        if method == "cropi" or method in NEEDS_BUFFER:
             stage("buffer", lambda: build_buffer(cfg))
         for m in range(cfg.run.num_phases):
             metrics.gauge("cropi_phase", m)
@@ -133,11 +129,15 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             else:
                 _write_baseline_selection(cfg, m, pool, method)
             start = phase_start_checkpoint(cfg, m)
-            if cfg.trainer.keep_alive and services is None:
-                services = keep.enter_context(TrainingServices(cfg, start))
-            summary = stage("train", lambda: run_phase(cfg, m, cfg.trainer.steps_per_phase, pool,
-                                                       selected_ids(paths.selection(m)), val, start, log,
-                                                       on_step=metrics.on_step, services=services), m)
+
+            def train():
+                nonlocal services
+                if cfg.trainer.keep_alive and services is None:  # started inside the stage: its time counts there
+                    services = keep.enter_context(TrainingServices(cfg, start))
+                return run_phase(cfg, m, cfg.trainer.steps_per_phase, pool, selected_ids(paths.selection(m)), val,
+                                 start, log, on_step=metrics.on_step, services=services)
+
+            summary = stage("train", train, m)
             if services is not None:
                 services.rest()
             metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})

@@ -120,6 +120,14 @@ def train_shards(bdir: Path) -> list[Path]:
     return sorted((Path(bdir) / "train").glob(SHARD_GLOB))
 
 
+def prompt_reward_stats(bdir: Path) -> dict[int, tuple[float, float]]:
+    """Training prompt id -> (pass rate: mean of its K rewards, their std) from the buffer."""
+    t = read_split(bdir, "train", ["prompt_id", "reward", "group_std"])
+    g = t.group_by("prompt_id").aggregate([("reward", "mean"), ("group_std", "max")])
+    ids, means, stds = (g.column(c).to_pylist() for c in ("prompt_id", "reward_mean", "group_std_max"))
+    return {int(i): (float(m), float(s)) for i, m, s in zip(ids, means, stds)}
+
+
 def read_split(bdir: Path, split: str, columns: list[str] | None = None) -> pa.Table:
     """All trajectories of one split ("train" or "val/<set>"), shards in order."""
     files = sorted((Path(bdir) / split).glob(SHARD_GLOB))

@@ -69,13 +69,22 @@ def reserve(bundles: list[dict], what: str, timeout_s: float = 120.0) -> Placeme
     return Placement(pg, bundles)
 
 
-def training_cpus(cfg) -> float:
-    """CPUs the training placement reserves (trainer ranks and their rollout engines)."""
+def training_bundles(cfg) -> tuple[list[dict], list[int], list[int]]:
+    """(bundles, bundle of each trainer rank, bundle of each rollout worker) of the training placement."""
     t, ro = cfg.resources.trainer, cfg.resources.rollout
     w, n = cfg.trainer.world_size, cfg.train_engines()
     if cfg.resources.placement == "split":
-        return w * t.num_cpus + n * ro.num_cpus
-    return sum(t.num_cpus * (i < w) + ro.num_cpus * (i < n) for i in range(max(w, n)))
+        bundles = [_bundle(t.num_cpus, t.num_gpus) for _ in range(w)] + \
+                  [_bundle(ro.num_cpus, ro.num_gpus) for _ in range(n)]
+        return bundles, list(range(w)), list(range(w, w + n))
+    bundles = [_bundle(t.num_cpus * (i < w) + ro.num_cpus * (i < n),
+                       t.num_gpus * (i < w) + ro.num_gpus * (i < n)) for i in range(max(w, n))]
+    return bundles, list(range(w)), list(range(n))
+
+
+def training_cpus(cfg) -> float:
+    """CPUs the training placement reserves (trainer ranks and their rollout engines)."""
+    return sum(b["CPU"] for b in training_bundles(cfg)[0])
 
 
 def local_cpus(cfg) -> int:
@@ -99,13 +108,5 @@ def workers_placement(count: int, cpus: float, gpus: float, what: str, timeout_s
 
 def training_placement(cfg) -> tuple[Placement, list[int], list[int]]:
     """(placement, bundle of each trainer rank, bundle of each rollout worker)."""
-    t, ro = cfg.resources.trainer, cfg.resources.rollout
-    w, n = cfg.trainer.world_size, cfg.train_engines()
-    if cfg.resources.placement == "split":
-        bundles = [_bundle(t.num_cpus, t.num_gpus) for _ in range(w)] + \
-                  [_bundle(ro.num_cpus, ro.num_gpus) for _ in range(n)]
-        return reserve(bundles, "training (split)"), list(range(w)), list(range(w, w + n))
-    size = max(w, n)
-    bundles = [_bundle(t.num_cpus * (i < w) + ro.num_cpus * (i < n),
-                       t.num_gpus * (i < w) + ro.num_gpus * (i < n)) for i in range(size)]
-    return reserve(bundles, "training (shared)"), list(range(w)), list(range(n))
+    bundles, ranks, engines = training_bundles(cfg)
+    return reserve(bundles, f"training ({cfg.resources.placement})"), ranks, engines

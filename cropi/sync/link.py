@@ -54,7 +54,7 @@ def _await(refs: list, names: list[str], what: str, grace_s: float = 3.0) -> lis
 class WeightLink:
     def __init__(self, cfg, group, engines):
         t = cfg.trainer
-        self.cfg, self.group, self.engines, self.mode = cfg, group, engines, t.sync
+        self.group, self.engines, self.mode = group, engines, t.sync
         self.sync_id = 0
         tp = cfg.resources.rollout.tensor_parallel_size
         self.engine_names = [f"rollout engine {i}" for i in range(len(engines))]

@@ -8,12 +8,12 @@ ranks return at once. No rank ever holds more than the model it trains plus one 
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
 
 from cropi.sync.buckets import Bucket, flatten, plan_buckets
+from cropi.trainer.export import gathered
 
 
 def named_params(module) -> dict[str, torch.nn.Parameter]:
@@ -30,14 +30,6 @@ def sync_plan(module, bucket_bytes: int) -> list[Bucket]:
     return plan_buckets([(n, full_shape(p), p.dtype) for n, p in named_params(module).items()], bucket_bytes)
 
 
-def _gathered(params: list, zero_stage: int):
-    if zero_stage != 3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
 def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: int, device: str = "cpu") -> dict:
     """One sync: rank 0 (channel given) waits for every receiver to be ready, broadcasts each bucket,
     and waits for every receiver to confirm it loaded them. -> timings and sizes (rank 0)."""
@@ -51,7 +43,7 @@ def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: 
     nbytes, in_flight = 0, None  # (work, buffer, what) of the bucket on the wire
     for i, b in enumerate(plan):
         ps = [params[e.name] for e in b.entries]
-        with _gathered(ps, zero_stage), torch.no_grad():
+        with gathered(ps, zero_stage), torch.no_grad():
             if channel is not None:
                 buf = flatten(b, {e.name: params[e.name].data for e in b.entries}, device)
         # the gathered parameters are released here; buf holds the bucket while it travels and the

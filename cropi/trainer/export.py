@@ -21,16 +21,20 @@ def _without_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full, unsharded parameters, tied ones once (ZeRO-3 gathers them; stages 0-2 keep them whole
-    on every rank)."""
-    module = engine.module
-    gathered = contextlib.nullcontext()
-    if zero_stage == 3:
-        import deepspeed
+def gathered(params, zero_stage: int):
+    """Context in which `params` are whole on every rank: ZeRO-3 gathers them (a collective of all
+    ranks) and releases them on exit; stages 0-2 keep them whole already."""
+    if zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
 
-        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-    with gathered:
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full, unsharded parameters, tied ones once."""
+    module = engine.module
+    with gathered(module.parameters(), zero_stage):
         return {k: v.detach().clone().cpu() for k, v in _without_aliases(module.state_dict()).items()}
 
 
@@ -40,12 +44,7 @@ def state_dict_bytes(engine, zero_stage: int) -> bytes:
     from safetensors.torch import save
 
     module = engine.module
-    gathered = contextlib.nullcontext()
-    if zero_stage == 3:
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-    with gathered, torch.no_grad():
+    with gathered(module.parameters(), zero_stage), torch.no_grad():
         return save({k: v.detach().contiguous() for k, v in _without_aliases(module.state_dict()).items()})
 
 

@@ -96,17 +96,13 @@ class TrainerRank:
     def state_dict_bytes(self) -> bytes | None:
         """Rank 0: the full weights as safetensors bytes (object-store sync); collective under
         ZeRO-3 only: below it the other ranks have nothing to do and copy nothing."""
-        from cropi.trainer.export import state_dict_bytes
+        from cropi.trainer.export import gathered, state_dict_bytes
 
         zero = self.cfg.trainer.zero_stage
         if self.rank == 0:
             return state_dict_bytes(self.engine, zero)
-        if zero == 3:  # the gather is collective: the others take part and keep nothing
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
-                pass
-        return None
+        with gathered(self.engine.module.parameters(), zero):  # ZeRO-3: take part, keep nothing
+            return None
 
     def sync_address(self) -> tuple[str, int]:
         """Where rank 0 hosts the weight-sync group's store."""

@@ -81,9 +81,10 @@ class TrainingServices:
             self.resting = True
 
     def close(self) -> None:
-        for part in (self.group, self.engines):
-            if part is not None:
-                part.shutdown() if hasattr(part, "shutdown") else part.close()
+        if self.group is not None:
+            self.group.shutdown()
+        if self.engines is not None:
+            self.engines.close()
         self.group = self.engines = self.link = None
         if self.placement is not None:
             self.placement.remove()

@@ -29,7 +29,7 @@ import yaml
 from cropi.errors import ConfigError
 from cropi.store.files import stable_hash
 
-FAMILIES = ("add", "sub", "mul", "mod")
+FAMILIES = ("add", "sub", "mul", "mod", "div")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -92,9 +92,10 @@ class DataConfig:
     data_dir: str = _f("artifacts/tasks", "Where the synthetic suite is written (Parquet, verl schema).")
     train_path: str = _f("", "Training prompts: Parquet or JSONL in the verl schema (data_source, prompt, reward_model.ground_truth).")
     val_paths: dict = _f({}, "Validation sets, name -> Parquet/JSONL path. One target per set; fused by the selector.")
-    families: list = _f(list(FAMILIES), "Synthetic task families in the training pool.", choices=FAMILIES)
+    families: list = _f(list(FAMILIES[:4]), "Synthetic task families in the training pool.", choices=FAMILIES)
     train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
     val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
+    targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
     reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function'; called as f(response, ground_truth) -> float.")
 
     def check(self) -> None:
@@ -103,6 +104,9 @@ class DataConfig:
         else:
             _require(bool(self.train_path), "data.train_path", "is required when data.synthetic is false")
             _require(len(self.val_paths) > 0, "data.val_paths", "needs at least one validation set when data.synthetic is false")
+        names = list(self.families) if self.synthetic else list(self.val_paths)
+        for t in self.targeted:
+            _require(t in names, "data.targeted", f"{t!r} is not a validation set (sets: {names})")
         _require(":" in self.reward_fn, "data.reward_fn", f"must be 'module:function', got {self.reward_fn!r}")
 
 
@@ -164,6 +168,7 @@ class InfluenceConfig:
     max_tokens_per_backward: int = _f(16384, "Token budget of one forward/backward of the influence engine: whole prompts (all K trajectories) are packed up to this many padded tokens (rows x longest); a prompt larger alone is split over passes and its gradient summed, exactly (0: no budget).", min=0)
     logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits are formed at once in the influence engine (float32 [C, vocab]).", min=1)
     kl_stale_threshold: float = _f(0.5, "Drift monitor: a token-mean KL(pi_theta || beta) on the buffer above this flags it stale (reported, nothing is re-rolled).", min=0)
+    kl_refresh_threshold: float = _f(0.0, "Drift policy (beyond the paper; 0: off): when the token-mean KL(pi_theta_M || beta) measured on the buffer while scoring phase M exceeds this, the training buffer is re-rolled with theta_M (which becomes beta for phase M and every later phase until the next refresh) and phase M is scored again on it; each refresh is recorded in the influence manifest and the metrics.", min=0)
     refresh_zero_grad: bool = _f(False, "Beyond the paper: before scoring phase M, re-roll the training prompts whose buffered K rewards are all equal with theta_M (K samples), so they can be selected again; theta_M is then their behavior policy.")
 
 
@@ -198,6 +203,8 @@ class TrainerConfig:
     sync: str = _f("broadcast", "How weights reach the vLLM workers: broadcast (a gloo/NCCL group of trainer rank 0 and every worker; buckets streamed, loaded in place) | object_store (one safetensors blob through Ray; the fallback).", choices=("broadcast", "object_store"))
     sync_bucket_mb: float = _f(256.0, "Broadcast sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0)
     sync_timeout_s: float = _f(600.0, "Broadcast sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0)
+    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: a step keeps only groups whose G rewards differ, rolling out further batches of prompts_per_step from the selection until prompts_per_step such groups are kept or dynamic_max_batches extra batches are spent (then it trains on what it kept; on none, it skips the update). Extra rollouts are counted in the step metrics (rollout_prompts).")
+    dynamic_max_batches: int = _f(3, "Dynamic sampling: extra rollout batches a step may draw beyond its first (verl's max_num_gen_batches less one).", min=0)
     eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1)
     eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at the rollout temperature).", min=1)
     save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.", min=1)

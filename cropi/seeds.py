@@ -49,9 +49,11 @@ def train_batch(run_seed: int, phase: int, step: int) -> int:
     return prompt_seed(run_seed, f"train/phase{phase}", step)
 
 
-def train_rollout(run_seed: int, phase: int, step: int, prompt_id: int) -> int:
-    """vLLM sampling seed of one prompt's G rollouts at a GRPO step."""
-    return prompt_seed(run_seed + step, f"train/phase{phase}", prompt_id)
+def train_rollout(run_seed: int, phase: int, step: int, prompt_id: int, round_: int = 0) -> int:
+    """vLLM sampling seed of one prompt's G rollouts at a GRPO step (round > 0: dynamic sampling's
+    extra rounds, so a prompt drawn twice in a step gets fresh samples)."""
+    split = f"train/phase{phase}" if round_ == 0 else f"train/phase{phase}/round{round_}"
+    return prompt_seed(run_seed + step, split, prompt_id)
 
 
 def evaluation(run_seed: int, step: int, set_name: str, prompt_id: int) -> int:

@@ -13,6 +13,7 @@
     RUN_DIR/phase-M/selection_summary.json, selection.png
     RUN_DIR/phase-M/trainer_state/            DeepSpeed checkpoints to resume the phase mid-way
     RUN_DIR/phase-M/train_metrics.jsonl       one line per GRPO step
+    RUN_DIR/phase-M/eval.jsonl                one line per evaluation: each set's per-prompt pass rates
     RUN_DIR/phase-M/checkpoint/               Hugging Face checkpoint theta_{M+1}
     RUN_DIR/phase-M/train_summary.json        written last: the phase is complete
 """
@@ -93,6 +94,9 @@ class RunPaths:
 
     def train_metrics(self, m: int) -> Path:
         return self.phase(m) / "train_metrics.jsonl"
+
+    def eval_details(self, m: int) -> Path:
+        return self.phase(m) / "eval.jsonl"
 
     def train_summary(self, m: int) -> Path:
         return self.phase(m) / "train_summary.json"

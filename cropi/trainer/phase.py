@@ -45,13 +45,20 @@ def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: 
     return out
 
 
-def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int) -> dict[str, float]:
-    """pass@1 per validation set: mean reward of eval_samples samples per prompt."""
-    res = {}
+def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int, details: Path | None = None,
+             phase: int = 0) -> dict[str, float]:
+    """pass@1 per validation set: mean reward of eval_samples samples per prompt. With `details`,
+    each prompt's own pass rate is appended there (one line per evaluation), for standard errors
+    and bootstraps over prompts (cropi.compare)."""
+    res, per_prompt = {}, {}
     for name, rows in val.items():
         sd = [seeds.evaluation(cfg.run.seed, step, name, r.prompt_id) for r in rows]
         out = rollout(engines, rows, cfg.trainer.eval_samples, cfg.rollout.temperature, sd, f"val/{name}")
-        res[name] = float(torch.tensor(out["rewards"]).mean())
+        rates = torch.tensor(out["rewards"], dtype=torch.float64).mean(1)  # [prompts]
+        res[name] = float(rates.mean())
+        per_prompt[name] = {"prompt_ids": [r.prompt_id for r in rows], "pass_rate": [round(x, 4) for x in rates.tolist()]}
+    if details is not None:
+        append_jsonl({"phase": phase, "step": step, "samples": cfg.trainer.eval_samples, "sets": per_prompt}, details)
     return res
 
 
@@ -109,11 +116,15 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         step0 = group.load_state(str(state_dir), tag)
         link.push()
         log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
-    # keep the metrics of the steps that the checkpoint covers; the rest are redone
+    # keep the metrics (and evaluations) of the steps that the checkpoint covers; the rest are redone
     write_jsonl([m for m in read_jsonl(metrics_path) if m["step"] <= step0], metrics_path)
+    details = RunPaths.of(cfg).eval_details(phase)
+    write_jsonl([e for e in read_jsonl(details) if step0 > 0 and e["step"] <= step0], details)
     if step0 == 0:
-        ev = evaluate(engines, val, cfg, 0)
-        m0 = {"phase": phase, "step": 0, **{f"val_pass@1/{k}": v for k, v in ev.items()}}
+        ev = _carried_eval(cfg, phase, start_ckpt, details)
+        if ev is None:
+            ev = evaluate(engines, val, cfg, 0, details, phase)
+        m0 = {"phase": phase, "step": 0, "wall_time": time.time(), **{f"val_pass@1/{k}": v for k, v in ev.items()}}
         append_jsonl(m0, metrics_path)
         on_step(m0)
         log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
@@ -121,6 +132,7 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         m = _step(cfg, phase, step, steps, selected, by_id, tok, services, val)
         if step % t.save_every == 0 or step == steps:
             group.save_state(str(state_dir), step)
+        m["wall_time"] = time.time()
         append_jsonl(m, metrics_path)
         on_step(m)
         log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
@@ -131,20 +143,44 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
     return ckpt, step0
 
 
+def _carried_eval(cfg, phase: int, start_ckpt: str, details: Path) -> dict[str, float] | None:
+    """Step 0 of a phase that starts from the previous phase's checkpoint evaluates the weights
+    that phase's last step evaluated: reuse that evaluation (noted in eval.jsonl) instead of
+    sampling it again; None when there is none to reuse."""
+    paths = RunPaths.of(cfg)
+    if phase == 0 or Path(start_ckpt).resolve() != paths.checkpoint(phase - 1).resolve():
+        return None
+    prev = [e for e in read_jsonl(paths.eval_details(phase - 1)) if "copied_from" not in e]
+    last = read_jsonl(paths.train_metrics(phase - 1))
+    if not prev or not last or prev[-1]["step"] != last[-1]["step"]:
+        return None
+    e = prev[-1]
+    if e.get("samples") != cfg.trainer.eval_samples or sorted(e["sets"]) != sorted(read_val_names(last[-1])):
+        return None
+    append_jsonl({**e, "phase": phase, "step": 0, "copied_from": {"phase": phase - 1, "step": e["step"]}}, details)
+    return {name: last[-1][f"val_pass@1/{name}"] for name in e["sets"]}
+
+
+def read_val_names(metrics: dict) -> list[str]:
+    return [k[len("val_pass@1/"):] for k in metrics if k.startswith("val_pass@1/")]
+
+
 def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, services, val) -> dict:
     """One GRPO step: rollouts, advantages, the DeepSpeed step, weight sync, maybe eval; -> metrics.
     Colocated on GPU (services.sleeps) the engines sleep through the DeepSpeed step."""
     t, engines, group, link = cfg.trainer, services.engines, services.group, services.link
     timing = {}
     t0 = time.time()
-    rng = random.Random(seeds.train_batch(cfg.run.seed, phase, step))
-    ids = rng.sample(selected, t.prompts_per_step) if len(selected) >= t.prompts_per_step else \
-        [rng.choice(selected) for _ in range(t.prompts_per_step)]
-    rows = [by_id[i] for i in ids]
-    sd = [seeds.train_rollout(cfg.run.seed, phase, step, i) for i in ids]
-    out = rollout(engines, rows, t.group_size, cfg.rollout.temperature, sd, "train")
+    out, rewards, dyn = _rollouts(cfg, phase, step, selected, by_id, engines)
     timing["rollout_seconds"] = time.time() - t0
-    rewards = torch.tensor(out["rewards"], dtype=torch.float64)  # [B, G]
+    m = {"phase": phase, "step": step, **dyn}
+    if rewards.shape[0] == 0:  # dynamic sampling found no group with unequal rewards within its cap
+        m.update(reward_mean=dyn["rollout_reward_mean"], loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0,
+                 grad_norm=0.0, response_tokens=0, zero_adv_prompts=0, micro_batches=0, skipped_step=1, **timing)
+        m["tokens_per_s"] = 0.0
+        if step % t.sync_every == 0 or step == steps:  # the engines must hold the step's weights, as below
+            link.push()
+        return _maybe_eval(cfg, engines, val, step, steps, m)
     adv, _, _ = group_advantages(rewards, t.adv_norm)  # [B, G]
     prompts = [p for p in out["prompt_ids"] for _ in range(t.group_size)]
     responses = [r for g in out["response_ids"] for r in g]
@@ -175,15 +211,55 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     if services.sleeps:
         engines.each(lambda e: e.wake_up.remote(["kv_cache"]))
     timing["sync_seconds"] = time.time() - t0
-    m = {"phase": phase, "step": step, "reward_mean": float(rewards.mean()),
+    m.update({"reward_mean": float(rewards.mean()),
          "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,
          "clip_frac": sum(r["clip_sum"] for r in ranks) / ntok,
          "entropy": sum(r["entropy_sum"] for r in ranks) / ntok, "grad_norm": ranks[0]["grad_norm"],
          "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()),
-         "micro_batches": ranks[0]["micro_batches"], **timing}
+         "micro_batches": ranks[0]["micro_batches"], "skipped_step": 0, **timing})
     m["tokens_per_s"] = ntok / max(sum(timing.values()), 1e-9)
-    if step % t.eval_every == 0 or step == steps:
+    return _maybe_eval(cfg, engines, val, step, steps, m)
+
+
+def _maybe_eval(cfg, engines, val, step: int, steps: int, m: dict) -> dict:
+    if step % cfg.trainer.eval_every == 0 or step == steps:
         t0 = time.time()
-        ev = evaluate(engines, val, cfg, step)
+        ev = evaluate(engines, val, cfg, step, RunPaths.of(cfg).eval_details(m["phase"]), m["phase"])
         m.update({f"val_pass@1/{k}": v for k, v in ev.items()}, eval_seconds=time.time() - t0)
     return m
+
+
+def _draw(rng: random.Random, selected: list[int], n: int) -> list[int]:
+    return rng.sample(selected, n) if len(selected) >= n else [rng.choice(selected) for _ in range(n)]
+
+
+def _rollouts(cfg, phase: int, step: int, selected: list[int], by_id: dict, engines) -> tuple[dict, torch.Tensor, dict]:
+    """The step's groups: B prompts drawn from the selection (cropi.seeds.train_batch), G rollouts
+    each; with trainer.dynamic_sampling, further rounds of B until B groups with unequal rewards
+    are kept or the cap is reached (cropi.algo.dynamic). -> (rollouts, rewards [B', G], metrics)."""
+    from cropi.algo.dynamic import DynamicBatch
+
+    t = cfg.trainer
+    rng = random.Random(seeds.train_batch(cfg.run.seed, phase, step))
+    acc = DynamicBatch(t.prompts_per_step, t.dynamic_max_batches if t.dynamic_sampling else 0)
+    all_rewards = []
+    while True:
+        ids = _draw(rng, selected, t.prompts_per_step)
+        sd = [seeds.train_rollout(cfg.run.seed, phase, step, i, acc.rounds) for i in ids]
+        out = rollout(engines, [by_id[i] for i in ids], t.group_size, cfg.rollout.temperature, sd,
+                      "train" if acc.rounds == 0 else f"train/round{acc.rounds}")
+        rewards = torch.tensor(out["rewards"], dtype=torch.float64)  # [B, G]
+        all_rewards.append(rewards)
+        if not t.dynamic_sampling:
+            break
+        acc.add(out, rewards)
+        if acc.done():
+            break
+    gen = torch.cat(all_rewards)
+    dyn = {"rollout_prompts": int(gen.shape[0]), "rollout_reward_mean": float(gen.mean()),
+           "rollout_zero_adv_prompts": int((gen.std(1) == 0).sum())}
+    if t.dynamic_sampling:
+        out, rewards = acc.batch()
+        dyn["dynamic_rounds"] = acc.rounds
+    dyn["trained_prompts"] = int(rewards.shape[0])
+    return out, rewards, dyn

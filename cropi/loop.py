@@ -6,6 +6,8 @@ The path, in the order `run_loop` takes it:
     for each phase m:
         [refresh zero-gradient prompts]    rollout.refresh                RUN_DIR/phase-m/refresh/
         influence of every prompt          influence.actor.run_influence  RUN_DIR/phase-m/influence/
+        [drift > threshold: re-roll the    rollout.refresh.rebuffer       RUN_DIR/phase-m/rebuffer/
+         buffer with theta_m, score again]
         select the top alpha               selection.actor.run_selector   RUN_DIR/phase-m/selection.parquet
         GRPO for E steps                   trainer.phase.run_phase        RUN_DIR/phase-m/checkpoint/
 
@@ -28,6 +30,9 @@ changes what a begun phase was computed with is refused, naming the fields (stor
 Departures from the paper (arXiv 2510.26491) and the authors' release:
 - `influence.mode: exact` (the default here) scores <g, v_j> / (||g|| ||v_j||) on the sampled
   coordinates with no random projection; `projected` is the paper's sparse random projection.
+- Drift policy (`influence.kl_refresh_threshold`, off by default): when scoring phase m finds
+  KL(pi_theta_m || beta) on the buffer above the threshold, every training prompt is re-rolled
+  with theta_m (the new beta, for phase m and later phases) and phase m is scored again.
 - Zero-gradient refresh (`influence.refresh_zero_grad`, off by default): prompts whose K
   buffered rewards are all equal are re-rolled with theta_m before scoring.
 - The drift monitor estimates KL(pi_theta || beta) on buffer tokens with r log r - r + 1, not
@@ -71,6 +76,23 @@ def _write_baseline_selection(cfg, phase: int, pool: list[PromptRow], method: st
     write_selection(baseline_table(ids, sel), path)
 
 
+def _drifted(cfg, phase: int, man: dict) -> bool:
+    """The drift policy's trigger: phase M was scored on a buffer whose KL to theta_M passes the
+    threshold, and that buffer was not already re-rolled with theta_M."""
+    t = cfg.influence.kl_refresh_threshold
+    return t > 0 and man["kl_drift"] > t and phase not in man.get("rebuffered_at", [])
+
+
+def _set_aside(idir) -> None:
+    """The scores computed on the drifted buffer: kept beside the new ones, for the record."""
+    import shutil
+
+    old = idir.with_name(idir.name + "-before-rebuffer")
+    if old.exists():
+        shutil.rmtree(old)
+    idir.rename(old)
+
+
 def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.data.suite import load_data
     from cropi.influence.actor import run_influence
@@ -78,7 +100,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.monitor import RunMetrics
     from cropi.ray_utils import ray_session
     from cropi.rollout.build import build_buffer
-    from cropi.rollout.refresh import refresh_zero_grad
+    from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
     from cropi.selection.actor import run_selector
     from cropi.selection.baselines import NEEDS_BUFFER
     from cropi.store.files import write_json
@@ -120,7 +142,15 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
                 t_sel = time.time()
                 if cfg.influence.refresh_zero_grad:
                     stage("refresh", lambda: refresh_zero_grad(cfg, m, pool, log), m)
+                if read_rebuffer_manifest(cfg, m) is not None and paths.influence(m).is_dir() and \
+                        not paths.influence(m).with_name("influence-before-rebuffer").exists():
+                    _set_aside(paths.influence(m))  # died between the re-roll and setting the old scores aside
                 man = stage("influence", lambda: run_influence(cfg, m, log), m)
+                if _drifted(cfg, m, man):
+                    rb = stage("rebuffer", lambda: rebuffer(cfg, m, pool, man["kl_drift"], log), m)
+                    metrics.event("rebuffer", phase=m, kl=rb["kl_before"], prompts=rb["prompts"])
+                    _set_aside(paths.influence(m))
+                    man = stage("influence_after_rebuffer", lambda: run_influence(cfg, m, log), m)
                 metrics.gauge("cropi_kl_drift", man["kl_drift"])
                 metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])
                 if not paths.selection_summary(m).is_file():

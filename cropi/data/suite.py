@@ -29,3 +29,9 @@ def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
 def load_data(cfg: Config) -> tuple[list[PromptRow], dict[str, list[PromptRow]]]:
     train_path, val_paths = data_paths(cfg)
     return load_prompts(train_path), {name: load_prompts(p) for name, p in val_paths.items()}
+
+
+def targeted(cfg: Config, val: dict[str, list[PromptRow]]) -> dict[str, list[PromptRow]]:
+    """The validation sets that steer selection (data.targeted; all of them when it is empty)."""
+    names = cfg.data.targeted or list(val)
+    return {name: val[name] for name in names}

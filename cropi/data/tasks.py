@@ -5,6 +5,7 @@ Families (graded difficulty by operand size):
   sub  a-b with a >= b, a < 10**d, d in {1, 2}
   mul  a*b, a < 10, b < 10**d, d in {1, 2}
   mod  a%b, a < 10**d, d in {2, 3}, 2 <= b <= 9
+  div  a/b (floor), a < 10**d, d in {2, 3}, 2 <= b <= 9   (not in the default pool)
 A prompt is the bare expression ("37+5="), the answer its integer value ("42").
 The training pool mixes all configured families; there is one validation set per family,
 disjoint from the pool. Rows follow verl's schema (see `cropi.data.dataset`).
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from cropi.data.dataset import write_rows
 
-_OPS = {"add": "+", "sub": "-", "mul": "*", "mod": "%"}
+_OPS = {"add": "+", "sub": "-", "mul": "*", "mod": "%", "div": "/"}
 
 
 def make_problem(family: str, rng: random.Random) -> tuple[str, int, int]:
@@ -36,6 +37,9 @@ def make_problem(family: str, rng: random.Random) -> tuple[str, int, int]:
     elif family == "mod":
         a, b = rng.randrange(10 ** (level + 1)), rng.randrange(2, 10)
         ans = a % b
+    elif family == "div":
+        a, b = rng.randrange(10 ** (level + 1)), rng.randrange(2, 10)
+        ans = a // b
     else:
         raise ValueError(f"unknown task family {family!r}")
     return f"{a}{_OPS[family]}{b}=", ans, level

@@ -23,7 +23,7 @@ import ray
 from cropi import seeds
 from cropi.errors import CropiError
 from cropi.store import influence as store
-from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, train_shards, val_sets
+from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
 from cropi.store.files import read_json, read_json_if, stable_hash, write_json
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
@@ -95,10 +95,14 @@ def val_target_rows(bdir: Path, name: str, max_val_grads: int, run_seed: int) ->
     return [r for r in rows if r["prompt_id"] in keep], sorted(keep)
 
 
-def influence_hash(cfg, checkpoint: str) -> str:
-    """What a phase's influence output depends on (not actor counts or resources)."""
-    return stable_hash({"influence": cfg.section_hash("influence"), "checkpoint": checkpoint,
-                        "max_val_grads": cfg.selection.max_val_grads, "buffer": buffer_hash(cfg)})
+def influence_hash(cfg, checkpoint: str, rebuffered: list[int] = ()) -> str:
+    """What a phase's influence output depends on (not actor counts or resources): with the
+    drift policy, also which re-rolled buffer it read (cropi.rollout.refresh.live_train_shards)."""
+    key = {"influence": cfg.section_hash("influence"), "checkpoint": checkpoint,
+           "max_val_grads": cfg.selection.max_val_grads, "buffer": buffer_hash(cfg)}
+    if rebuffered:
+        key["rebuffered"] = list(rebuffered)
+    return stable_hash(key)
 
 
 def gradient_pool(cfg, checkpoint: str, phase: int):
@@ -115,13 +119,14 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     from tqdm import tqdm
 
     from cropi.influence.objective import buffer_drift
-    from cropi.rollout.refresh import read_refresh_manifest, refreshed_shards
+    from cropi.rollout.refresh import live_train_shards, read_refresh_manifest, rebuffered_phases, refreshed_shards
 
     ckpt = phase_start_checkpoint(cfg, phase)
     bdir, bman = complete_manifest(cfg)
     sets = val_sets(bman)
     idir = RunPaths.of(cfg).influence(phase)
-    want = influence_hash(cfg, ckpt)
+    rebuffered = rebuffered_phases(cfg, phase)
+    want = influence_hash(cfg, ckpt, rebuffered)
     plan = read_json_if(store.plan_path(idir), "influence plan")
     if plan is not None and plan.get("hash") != want:
         raise CropiError(f"{idir} was computed with another influence config, checkpoint or buffer; "
@@ -131,7 +136,7 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     inf, t0 = cfg.influence, time.time()
     fresh = refreshed_shards(cfg, phase) if inf.refresh_zero_grad else {}
     write_json({"hash": want, "checkpoint": ckpt}, store.plan_path(idir))
-    shards = train_shards(bdir)
+    shards = live_train_shards(cfg, phase)
     with gradient_pool(cfg, ckpt, phase) as pool:
         covered = pool.each(lambda a: a.coverage.remote())[0]
         val_ref = None
@@ -170,5 +175,6 @@ def run_influence(cfg, phase: int, log=print) -> dict:
                          grad_dtype=inf.grad_dtype, zero_grad_prompts=int(zero.sum()),
                          refreshed_prompts=refreshed["prompts"] if refreshed else 0, kl_drift=drift,
                          kl_stale_threshold=inf.kl_stale_threshold, buffer_stale=drift > inf.kl_stale_threshold,
+                         rebuffered_at=rebuffered,
                          seconds=round(time.time() - t0, 2))
     return read_json(store.manifest_path(idir), "influence manifest")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cropi.data.dataset import PromptRow
 from cropi.data.rewards import load_reward_fn
-from cropi.data.suite import load_data
+from cropi.data.suite import load_data, targeted
 from cropi.errors import CropiError
 from cropi.model.loading import check_model_dir, load_tokenizer
 from cropi.store.buffer import ShardSpec, claim_buffer, read_manifest, summarise, write_manifest
@@ -35,7 +35,7 @@ def build_buffer(cfg, progress: bool = True) -> dict:
     load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
     load_reward_fn(cfg.data.reward_fn)
     train, val = load_data(cfg)
-    specs = plan_shards(cfg, train, val)
+    specs = plan_shards(cfg, train, targeted(cfg, val))
     bdir = RunPaths.of(cfg).buffer
     fresh = not (bdir / "manifest.json").is_file()
     claim_buffer(cfg, specs)

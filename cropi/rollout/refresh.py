@@ -30,7 +30,7 @@ def refresh_specs(cfg, phase: int, pool: list[PromptRow], bdir: Path) -> list[tu
     by_id = {r.prompt_id: r for r in pool}
     out_dir = RunPaths.of(cfg).refresh(phase)
     specs = []
-    for i, shard in enumerate(train_shards(bdir)):
+    for i, shard in enumerate(live_train_shards(cfg, phase)):
         t = pq.read_table(shard, columns=["prompt_id", "group_std"]).to_pylist()
         zero = sorted({r["prompt_id"] for r in t if r["group_std"] == 0})
         if zero:
@@ -73,3 +73,62 @@ def refreshed_shards(cfg, phase: int) -> dict[str, Path]:
                          "is not complete; the driver re-rolls it before scoring (cropi run / cropi influence)")
     rdir = RunPaths.of(cfg).refresh(phase)
     return {name: rdir / name for name in manifest["shards"]}
+
+
+# --- the drift policy (influence.kl_refresh_threshold): the whole training buffer re-rolled ---
+#
+#     RUN_DIR/phase-M/rebuffer/shard-i.parquet   every prompt of buffer train shard i, K samples of
+#                                                theta_M (split "rebuffer/phase-M"), log-probs under theta_M
+#     RUN_DIR/phase-M/rebuffer/manifest.json     written last: complete; the KL that triggered it
+#
+# From phase M on, each train shard is read from the latest complete rebuffer at or before the
+# phase (`live_train_shards`); the buffer itself is never changed.
+
+def rebuffer_dir(cfg, phase: int) -> Path:
+    return RunPaths.of(cfg).phase(phase) / "rebuffer"
+
+
+def read_rebuffer_manifest(cfg, phase: int) -> dict | None:
+    return read_json_if(rebuffer_dir(cfg, phase) / "manifest.json", "rebuffer manifest")
+
+
+def rebuffered_phases(cfg, phase: int) -> list[int]:
+    """Phases <= `phase` whose rebuffer is complete, ascending."""
+    return [k for k in range(phase + 1) if read_rebuffer_manifest(cfg, k) is not None]
+
+
+def live_train_shards(cfg, phase: int) -> list[Path]:
+    """The training trajectories phase M scores: each buffer train shard, or its latest re-roll."""
+    bdir, _ = complete_manifest(cfg)
+    shards = train_shards(bdir)
+    done = rebuffered_phases(cfg, phase)
+    if not done:
+        return shards
+    latest = rebuffer_dir(cfg, done[-1])
+    return [latest / s.name for s in shards]
+
+
+def rebuffer(cfg, phase: int, pool: list[PromptRow], kl: float, log=print) -> dict:
+    """Re-roll every training prompt with theta_M (resumable shard by shard); returns the manifest."""
+    from cropi.rollout.writer import write_shards
+
+    done = read_rebuffer_manifest(cfg, phase)
+    if done is not None:
+        return done
+    bdir, _ = complete_manifest(cfg)
+    by_id = {r.prompt_id: r for r in pool}
+    out = rebuffer_dir(cfg, phase)
+    jobs = []
+    for i, shard in enumerate(train_shards(bdir)):
+        ids = sorted({r["prompt_id"] for r in pq.read_table(shard, columns=["prompt_id"]).to_pylist()})
+        jobs.append((ShardSpec(f"rebuffer/phase-{phase}", i, [by_id[p] for p in ids], cfg.rollout.k_train), out / shard.name))
+    todo = [(s, p) for s, p in jobs if not p.is_file()]
+    if todo:
+        rcfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, hf_recompute=True))  # beta := theta_M
+        write_shards(rcfg, phase_start_checkpoint(cfg, phase), todo, f"phase {phase} rebuffer")
+        log(f"phase {phase}: buffer drift {kl:.4f} > {cfg.influence.kl_refresh_threshold}: re-rolled "
+            f"{sum(len(s.rows) for s, _ in todo)} prompts with theta_{phase}")
+    manifest = {"phase": phase, "kl_before": kl, "threshold": cfg.influence.kl_refresh_threshold,
+                "prompts": sum(len(s.rows) for s, _ in jobs), "shards": sorted(p.name for _, p in jobs)}
+    write_json(manifest, out / "manifest.json")
+    return manifest

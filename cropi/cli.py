@@ -7,6 +7,8 @@
   cropi train CONFIG --phase M     one GRPO phase on the phase's selection
   cropi plan CONFIG                estimated peak memory per device of every stage (run refuses what does not fit)
   cropi run CONFIG [--method M]    the whole loop: buffer, then per phase influence, select, train
+  cropi compare CONFIG --methods A B --seeds 0 1 2   arms x seeds under run.dir, then the report
+  cropi compare-report ROOT [--out DIR]  the comparison's report (curves, table, intervals)
   cropi status RUN_DIR / cropi report RUN_DIR
   cropi config-reference           print the config reference (markdown) from the dataclasses
 """
@@ -192,6 +194,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from cropi.compare.arms import resolve
+    from cropi.compare.run import run_compare
+
+    root = run_compare(args.config, args.overrides, resolve(args.methods), args.seeds,
+                       log=lambda *x: print(*x, flush=True))
+    if not args.no_report:
+        from cropi.compare.report import write_compare_report
+
+        print(f"wrote {write_compare_report(root, args.out or None)}")
+    return 0
+
+
+def cmd_compare_report(args) -> int:
+    from cropi.compare.report import write_compare_report
+
+    print(f"wrote {write_compare_report(Path(args.root), args.out or None)}")
+    return 0
+
+
 def cmd_config_reference(args) -> int:
     from cropi.config import reference_markdown
 
@@ -228,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_plan)
     p = _with_config(sub.add_parser("demo", help="the tiny demo: base model pass rates, then cropi run"))
     p.set_defaults(fn=cmd_demo)
+    p = _with_config(sub.add_parser("compare", help="CROPI against the cheap selections: arms x seeds, then the report"))
+    p.add_argument("--methods", nargs="+", default=["main"], metavar="ARM",
+                   help="arms (cropi.compare.arms): full dynamic random filtered difficulty cropi cropi-projected "
+                   "cropi+dynamic cropi+drift and the ablations; 'main' and 'ablations' name groups")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
+    p.add_argument("--out", default="", help="report folder (default RUN_DIR/report)")
+    p.add_argument("--no-report", action="store_true", help="run the arms only")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("compare-report", help="write a comparison's report from its run directories")
+    p.add_argument("root", help="the comparison's run.dir")
+    p.add_argument("--out", default="", help="report folder (default ROOT/report)")
+    p.set_defaults(fn=cmd_compare_report)
     p = sub.add_parser("status", help="print where a run stands")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_status)

@@ -1,0 +1,43 @@
+"""`cropi compare` as one Ray job: the arms x seeds on the job's cluster, then the report.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python -m ray_jobs.compare --config configs/compare-tiny.yaml --methods main --seeds 0 1 2 [--set ...]
+
+Each (seed, arm) is its own run directory under run.dir (cropi.compare.run); resubmitting the
+same command skips the arms that finished and resumes the one that died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cropi.compare.arms import resolve
+    from cropi.compare.report import write_compare_report
+    from cropi.compare.run import run_compare
+    from cropi.config import load_config
+    from cropi.errors import CropiError
+
+    ap = argparse.ArgumentParser(prog="python -m ray_jobs.compare")
+    ap.add_argument("--config", required=True, help="YAML config")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--methods", nargs="+", default=["main"], metavar="ARM")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
+    args = ap.parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if not load_config(args.config, overrides).resources.ray_address:
+            overrides.append("resources.ray_address=auto")  # inside a Ray job: join its cluster
+        root = run_compare(args.config, overrides, resolve(args.methods), args.seeds,
+                           log=lambda *x: print(*x, flush=True))
+        print(f"wrote {write_compare_report(root)}")
+    except CropiError as e:
+        print(f"cropi: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 CONFIG ?= configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test base-model bench clean
+.PHONY: setup demo test base-model bench compare clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ test: base-model
 
 bench: base-model
 	$(PY) -m benchmarks.run_all
+
+# CROPI against the cheap selections, 3 seeds (about 80 min on 2 CPU cores); the report lands in
+# runs/compare/report/. ARMS=ablations (or any arm names) runs the paper's ablations instead.
+COMPARE_CONFIG ?= configs/compare-tiny.yaml
+ARMS ?= main
+SEEDS ?= 0 1 2
+compare: setup
+	$(PY) -m cropi.cli make-base-model $(COMPARE_CONFIG)
+	$(PY) -m cropi.cli compare $(COMPARE_CONFIG) --methods $(ARMS) --seeds $(SEEDS)
 
 clean:
 	rm -rf runs artifacts benchmarks/results/*.tmp

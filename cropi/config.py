@@ -143,8 +143,8 @@ class BaseModelConfig:
 
 @dataclass
 class RolloutConfig:
-    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8).", min=1)
-    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32).", min=1)
+    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8); at least 2, or no prompt's rewards can vary.", min=2)
+    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32); at least 2, or every validation gradient is zero.", min=2)
     temperature: float = _f(0.5, "Sampling temperature for the buffer and GRPO rollouts (paper: 0.5).", above=0)
     top_p: float = _f(1.0, "Nucleus sampling cut-off.", above=0, max=1)
     max_new_tokens: int = _f(8, "Longest response, tokens.", min=1)
@@ -184,7 +184,7 @@ class SelectionConfig:
 class TrainerConfig:
     steps_per_phase: int = _f(20, "GRPO steps per phase, E (paper: 200).", min=1)
     prompts_per_step: int = _f(8, "Prompts per GRPO step, B (paper: 128); each gets group_size rollouts.", min=1)
-    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8).", min=1)
+    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8); at least 2, or every group-relative advantage is zero.", min=2)
     lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).", above=0)
     adam_eps: float = _f(1e-8, "AdamW epsilon.", above=0)
     kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).", min=0)
@@ -382,9 +382,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> C
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if data is None:
+            raise ConfigError(f"config file {p} is empty; an empty file would run every default "
+                              "(write at least the fields that differ, e.g. run.dir)")
     cfg = from_dict(data, source)
     for text in overrides:
         keys, value = parse_override(text)

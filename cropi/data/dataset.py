@@ -56,6 +56,9 @@ def _parse_row(raw: dict, where: str, prompt_id: int) -> PromptRow:
     extra = raw.get("extra_info") or {}
     if not isinstance(extra, dict):
         raise DataError(f"{where}: field 'extra_info' must be a mapping, got {type(extra).__name__}")
+    if not any(m["content"].strip() for m in prompt):
+        raise DataError(f"{where}: field 'prompt' has no text (every message's content is empty); "
+                        "the model would be sampled from BOS alone")
     msgs = [{"role": m["role"], "content": m["content"]} for m in prompt]
     return PromptRow(prompt_id, ds, msgs, str(gt), dict(extra))
 

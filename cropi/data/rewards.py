@@ -30,6 +30,28 @@ def exact_integer(response: str, ground_truth: str) -> float:
         return 0.0
 
 
+def _integer_truth(ground_truth: str) -> None:
+    int(str(ground_truth).strip())
+
+
+# a reward function may carry `check_ground_truth(gt)`, raising ValueError on a ground truth it can
+# never match; load_data calls it on every row, so a bad row fails at once, not as reward 0 forever
+exact_integer.check_ground_truth = _integer_truth
+
+
+def check_ground_truths(fn: Callable, rows, where: str) -> None:
+    """Every row's ground truth through the reward function's own check, if it has one."""
+    check = getattr(fn, "check_ground_truth", None)
+    if check is None:
+        return
+    for r in rows:
+        try:
+            check(r.ground_truth)
+        except (ValueError, TypeError) as e:
+            raise CropiError(f"{where} prompt {r.prompt_id}: ground truth {r.ground_truth!r} cannot be checked by "
+                             f"reward function {getattr(fn, '__name__', fn)!r} ({e})") from None
+
+
 def _last_boxed(text: str) -> str | None:
     start = text.rfind("\\boxed{")
     if start < 0:
@@ -107,7 +129,7 @@ def score(fn: Callable, response: str, ground_truth: str, where: str) -> float:
                          f"{type(e).__name__}: {e}") from e
     if isinstance(r, bool):
         r = float(r)
-    if not isinstance(r, (int, float)) or not math.isfinite(r):
+    if not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 <= r <= 1.0:
         raise CropiError(f"reward function {getattr(fn, '__name__', fn)!r} returned {r!r} on {where}; "
-                         "expected a finite number")
+                         "expected a number in [0, 1]")
     return float(r)

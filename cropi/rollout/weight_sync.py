@@ -72,12 +72,12 @@ class WeightSyncExtension:
         seconds spent in all, and receiving (the rest is vLLM's in-place load)."""
         import time
 
-        from cropi.sync.buckets import unflatten
+        from cropi.sync.buckets import plan_from_json, unflatten
 
         ch = self._cropi_channel
         ch.mark(f"ready/{sync_id}")
         if self._cropi_plan is None:
-            self._cropi_plan = ch.fetch("plan")
+            self._cropi_plan = plan_from_json(ch.fetch("plan"))
         plan, head_src = self._cropi_plan, tied_head_source(self.get_model(), self._cropi_tied())
         count, waited, t0 = 0, 0.0, time.perf_counter()
 

@@ -65,6 +65,42 @@ def plan_buckets(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], bucket
     return buckets
 
 
+_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def plan_to_json(plan: list[Bucket]) -> str:
+    """The plan as the text rank 0 publishes in the sync group's store (JSON, never pickle: the
+    store is a TCP port another process could write to)."""
+    import json
+
+    return json.dumps([{"dtype": b.dtype, "numel": b.numel, "entries": [[e.name, list(e.shape), e.offset]
+                                                                        for e in b.entries]} for b in plan])
+
+
+def plan_from_json(text: str | bytes) -> list[Bucket]:
+    """The published plan, checked: known dtypes, and each bucket's entries tiling its buffer in order."""
+    import json
+
+    try:
+        raw = json.loads(text)
+        plan = [Bucket(str(b["dtype"]), int(b["numel"]),
+                       tuple(Entry(str(n), tuple(int(x) for x in shape), int(off)) for n, shape, off in b["entries"]))
+                for b in raw]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"weight sync plan is not a valid bucket plan: {e}") from None
+    for i, b in enumerate(plan):
+        if b.dtype not in _DTYPES:
+            raise ValueError(f"weight sync plan: bucket {i} has dtype {b.dtype!r}, not one of {_DTYPES}")
+        at = 0
+        for e in b.entries:
+            if e.offset != at or any(x < 0 for x in e.shape):
+                raise ValueError(f"weight sync plan: bucket {i} entry {e.name!r} does not follow its predecessor")
+            at += e.numel
+        if at != b.numel:
+            raise ValueError(f"weight sync plan: bucket {i} holds {at} elements, says {b.numel}")
+    return plan
+
+
 def flatten(bucket: Bucket, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> torch.Tensor:
     """The bucket's tensors copied into one new flat buffer on `device`."""
     buf = torch.empty(bucket.numel, dtype=bucket.torch_dtype, device=device)

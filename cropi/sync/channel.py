@@ -12,7 +12,6 @@ that did not answer; every broadcast waits with the same timeout.
 
 from __future__ import annotations
 
-import pickle
 import time
 from datetime import timedelta
 
@@ -83,12 +82,13 @@ class SyncChannel:
     def mark(self, key: str) -> None:
         self.store.set(f"{key}/{self.rank}", "1")
 
-    def publish(self, key: str, obj) -> None:
-        self.store.set(key, pickle.dumps(obj))
+    def publish(self, key: str, text: str) -> None:
+        """A control message (text, e.g. JSON; never a pickle, which would run code on the receiver)."""
+        self.store.set(key, text)
 
-    def fetch(self, key: str):
+    def fetch(self, key: str) -> str:
         try:
-            return pickle.loads(self.store.get(key))  # blocks up to the store's timeout
+            return self.store.get(key).decode()  # blocks up to the store's timeout
         except Exception as e:
             raise SyncTimeout(f"weight sync: {self.peer_names[self.rank]} got no {key!r} from trainer rank 0 "
                               f"within {self.timeout_s:.0f} s: {e}") from None

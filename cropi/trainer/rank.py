@@ -114,6 +114,7 @@ class TrainerRank:
                   peer_names: list[str], bucket_bytes: int) -> None:
         """Every rank plans the buckets (ZeRO-3 gathers them in that order); rank 0 opens the group
         with the vLLM workers (blocks until all joined, or raises naming who did not)."""
+        from cropi.sync.buckets import plan_to_json
         from cropi.sync.channel import SyncChannel
         from cropi.sync.sender import sync_plan
 
@@ -121,7 +122,7 @@ class TrainerRank:
         self.channel = None
         if self.rank == 0:
             self.channel = SyncChannel(host, port, 0, world, timeout_s, backend, peer_names, self.device)
-            self.channel.publish("plan", self.sync_plan)
+            self.channel.publish("plan", plan_to_json(self.sync_plan))
 
     def sync_send(self, sync_id: int) -> dict:
         """Broadcast the current weights (rank 0); under ZeRO-3 all ranks gather bucket by bucket."""

@@ -142,7 +142,10 @@ def cmd_run(args) -> int:
     from cropi.model.loading import check_model_dir
     from cropi.plan import check, estimate
 
+    from cropi.ray_utils import check_device
+
     cfg = load_config(args.config, args.overrides)
+    check_device(cfg)
     check_model_dir(cfg.model.path)
     check(estimate(cfg))  # refuse before anything launches
     t0 = time.time()

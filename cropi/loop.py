@@ -98,7 +98,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.influence.actor import run_influence
     from cropi.model.loading import check_model_dir
     from cropi.monitor import RunMetrics
-    from cropi.ray_utils import ray_session
+    from cropi.ray_utils import check_device, ray_session
     from cropi.rollout.build import build_buffer
     from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
     from cropi.selection.actor import run_selector
@@ -111,6 +111,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
 
     if method not in METHODS:
         raise CropiError(f"--method must be one of {METHODS}, got {method!r}")
+    check_device(cfg)
     check_model_dir(cfg.model.path)
     pool, val = load_data(cfg)
     paths = RunPaths.of(cfg)

@@ -8,6 +8,22 @@ from contextlib import contextmanager
 from cropi.config import Config
 
 
+def check_device(cfg: Config) -> None:
+    """Before anything is written: `resources.device: cuda` with a local Ray head (no cluster
+    address) needs a CUDA GPU on this machine. On a cluster the driver may sit on a CPU-only head;
+    there a missing GPU shows as a placement that cannot be met (cropi.placement.reserve)."""
+    if cfg.resources.device != "cuda" or os.environ.get("RAY_ADDRESS") or cfg.resources.ray_address:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        from cropi.errors import ConfigError
+
+        raise ConfigError("resources.device is 'cuda', but this machine has no usable CUDA GPU "
+                          "(torch.cuda.is_available() is False) and no resources.ray_address names a cluster "
+                          "with GPUs; use resources.device=cpu here, or install the gpu extra on a GPU machine")
+
+
 @contextmanager
 def ray_session(cfg: Config, dashboard: bool = False):
     """Yield with Ray initialised; shut it down after only if we started it here."""
@@ -16,6 +32,7 @@ def ray_session(cfg: Config, dashboard: bool = False):
     if ray.is_initialized():
         yield
         return
+    check_device(cfg)
     address = os.environ.get("RAY_ADDRESS") or cfg.resources.ray_address
     if address:
         ray.init(address=address, log_to_driver=True)

@@ -42,6 +42,20 @@ def test_config_values_that_cannot_train_are_refused(case, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for cmd in ("rollout", "run"):
+        rc = main([cmd, "configs/tiny-cpu.yaml", "--set", f"run.dir={tmp_path / 'run'}", "--set", "resources.device=cuda",
+                   "--set", "resources.rollout.num_gpus=1", "--set", "resources.trainer.num_gpus=1",
+                   "--set", "resources.influence.num_gpus=1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "resources.device is 'cuda'" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_empty_config_file_is_refused(tmp_path, capsys):
     (tmp_path / "empty.yaml").write_text("# nothing\n")
     rc = main(["rollout", str(tmp_path / "empty.yaml")])

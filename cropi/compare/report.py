@@ -451,7 +451,6 @@ def plot(s: dict, runs_root: Path, out: Path) -> list[Path]:
     curves = _curves(runs_root, s)
     panels = [*s["targeted"], *s["untargeted"], "targeted mean", *(["untargeted mean"] if s["untargeted"] else [])]
     cols = min(4, len(panels))
-    rows = math.ceil(len(panels) / cols)
     files = []
     for xkey, fname, names in (("step", "curves_steps.png", panels),
                                ("wall", "curves_wall.png", panels[-(2 if s["untargeted"] else 1):])):

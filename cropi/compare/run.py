@@ -55,7 +55,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     from cropi.config import load_config
     from cropi.loop import run_loop
     from cropi.model.loading import check_model_dir
-    from cropi.ray_utils import ray_session
+    from cropi.ray_utils import check_device, ray_session
 
     if not seeds:
         raise CropiError("--seeds: name at least one seed")
@@ -64,6 +64,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     base = load_config(config_path, overrides)
     root = Path(base.run.dir)
     cfgs = {(s, a.name): arm_config(config_path, overrides, a, s, root) for s in seeds for a in arms}  # all valid first
+    check_device(base)
     check_model_dir(base.model.path)
     old = read_json_if(root / "compare.json", "compare record") or {}
     record = {"config": str(config_path), "overrides": list(overrides), "arms": [a.name for a in arms],

@@ -31,6 +31,9 @@ def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) ->
 
 def build_buffer(cfg, progress: bool = True) -> dict:
     """Build (or finish) RUN_DIR/buffer; returns the completed manifest."""
+    from cropi.ray_utils import check_device
+
+    check_device(cfg)
     check_model_dir(cfg.model.path)
     load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
     load_reward_fn(cfg.data.reward_fn)

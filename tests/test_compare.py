@@ -163,6 +163,12 @@ def _write_arm(root, seed, arm, cfg_over, pool, val):
     write_json({"method": method, "stage_seconds": stage}, d / "run_result.json")
 
 
+def summarise_runs(root, seed, arm):
+    from cropi.compare.report import read_arm
+
+    return read_arm(root / f"seed-{seed}" / arm, arm, seed, 0.0)
+
+
 @pytest.fixture
 def compare_root(tmp_path):
     from cropi.config import load_config
@@ -207,6 +213,12 @@ def test_report_figures_equal_the_constructed_ones(compare_root, tmp_path):
     sp = s["arms"]["cropi"]["speedup_vs_full"]["targeted"]
     assert sp["steps_per_seed"] == [2.0, 2.0] and sp["wall_per_seed"][0] == pytest.approx(40 / 70, abs=1e-3)
     assert s["arms"]["filtered"]["speedup_vs_full"]["targeted"]["steps_mean"] is None  # never reaches it
+    from cropi.compare.report import _per_seed_speedup
+
+    flat = GAINS["filtered"]  # a reference that never improves: the ratio is undefined, not "never"
+    assert flat == (0.0, 0.0)
+    assert _per_seed_speedup(summarise_runs(compare_root, 0, "filtered"), summarise_runs(compare_root, 0, "cropi"),
+                             ["add"]) == ("n/a", "n/a")
     v = s["versus"]["cropi - full"]["targeted"]
     assert v["mean"] == pytest.approx(0.1) and v["low"] > 0
     assert s["versus"]["cropi - filtered"]["untargeted"]["mean"] == pytest.approx(0.3)

@@ -189,8 +189,12 @@ def _ci(x: list[list[np.ndarray]]) -> dict | None:
     return {"mean": round(est, 4), "low": round(lo, 4), "high": round(hi, 4)}
 
 
-def _per_seed_speedup(ref: ArmRun, r: ArmRun, names: list[str]) -> tuple[float | None, float | None]:
+def _per_seed_speedup(ref: ArmRun, r: ArmRun, names: list[str]) -> tuple:
+    """(steps, wall) speed-ups; "n/a" for both when full never improved on the base model (its
+    best is step 0: the ratio is undefined), None when the arm never reaches full's best."""
     rs, rw, ry = ref.curve(names)
+    if stats.first_reaching(rs, ry, max(ry)) == 0:
+        return "n/a", "n/a"
     s, w, y = r.curve(names)
     return stats.speedup(rs, ry, s, y), stats.speedup(rw, ry, w, y)
 
@@ -287,12 +291,14 @@ def summarise(root: Path) -> dict:
 
 
 def _r(x):
-    return None if x is None else round(float(x), 3)
+    return x if x is None or isinstance(x, str) else round(float(x), 3)
 
 
 def _mean_or_none(xs: list) -> float | None:
-    """Mean of the speed-ups that exist; None if any seed never reached the target (the mean of
-    the others would flatter the arm; the per-seed list says which)."""
+    """Mean of the defined speed-ups (seeds where full never improved, "n/a", are left out);
+    None if any seed never reached the target (the mean of the others would flatter the arm; the
+    per-seed list says which) or none is defined."""
+    xs = [x for x in xs if not isinstance(x, str)]
     if not xs or any(x is None for x in xs):
         return None
     return round(float(np.mean(xs)), 3)
@@ -359,7 +365,7 @@ def _fmt(ci: dict | None, sign: bool = False) -> str:
 
 
 def _sp(x) -> str:
-    return "never" if x is None else f"{x:.2f}x"
+    return "never" if x is None else x if isinstance(x, str) else f"{x:.2f}x"
 
 
 def _verdicts(s: dict) -> list[str]:
@@ -406,7 +412,8 @@ def markdown(s: dict, command: str | None = None) -> str:
                  + f" | {_sp(sp.get('wall_mean'))} ({', '.join(_sp(x) for x in sp.get('wall_per_seed', []))})"
                  + f" | {a['wall']['total_s']['mean']:.0f} ± {a['wall']['total_s']['sd']:.0f} |")
     L += ["", "Speed-ups are on the mean of the targeted sets, per seed in brackets; 'never' when the arm "
-          "does not reach full's best within the budget (then no mean is given).", "",
+          "does not reach full's best within the budget (then no mean is given); 'n/a' on a seed where full "
+          "never improved on the base model (the ratio is undefined; the mean leaves it out).", "",
           "## Per set: final pass@1 (mean over seeds) and its standard error", "",
           "| arm | " + " | ".join(f"{n}{' (t)' if n in s['targeted'] else ''}" for n in s["targeted"] + s["untargeted"]) + " |",
           "|---" * (1 + len(s["targeted"]) + len(s["untargeted"])) + "|"]

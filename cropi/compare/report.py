@@ -2,8 +2,8 @@
 
     OUT/report.md           the tables, the speed-ups and what held and what did not
     OUT/summary.json        every figure of report.md, per arm and seed
-    OUT/curves_steps.png    validation pass@1 per set (and the targeted/untargeted means) vs GRPO steps
-    OUT/curves_wall.png     the targeted and untargeted means vs wall time (evaluation excluded)
+    OUT/curves_steps.png    gain in validation pass@1 per set (and the targeted/untargeted means) vs GRPO steps
+    OUT/curves_wall.png     the targeted and untargeted mean gains vs wall time (evaluation excluded)
 
 What is measured, per arm and seed (an arm's run directory is ROOT/seed-S/ARM):
 - the evaluations of phase-M/eval.jsonl, one per `eval_every` steps, at global step M*E + s
@@ -434,6 +434,8 @@ def markdown(s: dict, command: str | None = None) -> str:
         comp = ", ".join(f"{k} {v:.2f}" for k, v in a["composition"].items()) if a["composition"] else "-"
         L.append(f"| {arm} | {zs} | {np.mean(t['zero_adv_share_rolled']):.2f} | {np.mean(t['zero_adv_share_trained']):.2f} "
                  f"| {int(np.mean(t['extra_rollout_prompts']))} | {sum(t['skipped_steps'])} | {comp} |")
+    L += ["", "The zero-variance share is measured on the seed's original buffer: an arm that re-rolled it "
+          "(cropi+drift) selects on the new rewards, so prompts that were all-equal under beta may count there."]
     drift = [(arm, a) for arm, a in arms.items() if a["kl_drift"]]
     if drift:
         L += ["", "## KL drift of the buffer, token mean of KL(pi_theta_M || beta), per phase", "",
@@ -475,12 +477,14 @@ def plot(s: dict, runs_root: Path, out: Path) -> list[Path]:
                     ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.12)
             ax.set_title(panel + (" (targeted)" if panel in s["targeted"] else ""), fontsize=9)
             ax.set_xlabel("GRPO step" if xkey == "step" else "wall seconds (evaluation excluded)", fontsize=8)
-            ax.set_ylabel("pass@1", fontsize=8)
+            ax.set_ylabel("pass@1 gain over the base model", fontsize=8)
+            ax.axhline(0.0, color="0.6", lw=0.6)
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6)
-        fig.suptitle(f"validation pass@1, mean over seeds {s['seeds']}, band: seed range", fontsize=9)
+        fig.suptitle(f"validation pass@1 less the base model's on the same prompts (each seed has its own sets), "
+                     f"mean over seeds {s['seeds']}, band: seed range", fontsize=9)
         fig.tight_layout()
         p = out / fname
         fig.savefig(p, dpi=110)
@@ -503,6 +507,9 @@ def _curves(root: Path, s: dict) -> dict[str, list[dict]]:
                 p["untargeted mean"] = r.curve(s["untargeted"])[2]
             for n in s["targeted"] + s["untargeted"]:
                 p[n] = r.curve([n])[2]
+            for k in p:
+                if k not in ("step", "wall"):
+                    p[k] = [y - p[k][0] for y in p[k]]  # gain: the seed's level (its own sets) drops out
             per.append(p)
         n = min(len(p["step"]) for p in per)
         out[arm] = [{k: v[:n] for k, v in p.items()} for p in per]

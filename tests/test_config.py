@@ -87,7 +87,7 @@ def test_nested_resource_sections_load_from_yaml_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("old", ["trainer.batch_prompts=4", "influence.batch_prompts=4",
-                                 "influence.kl_refresh_threshold=1", "rollout.num_workers=2",
+                                 "rollout.num_workers=2",
                                  "model.build_hidden_size=64", "influence.num_actors=2"])
 def test_renamed_and_moved_fields_are_unknown(old):
     with pytest.raises(ConfigError, match="unknown config field " + old.split("=")[0].replace(".", r"\.")):

@@ -145,9 +145,9 @@ def cmd_run(args) -> int:
     from cropi.ray_utils import check_device
 
     cfg = load_config(args.config, args.overrides)
-    check_device(cfg)
     check_model_dir(cfg.model.path)
     check(estimate(cfg))  # refuse before anything launches
+    check_device(cfg)
     t0 = time.time()
     result = run_loop(cfg, args.method)
     report = write_report(cfg.run.dir)

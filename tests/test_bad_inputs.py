@@ -52,7 +52,7 @@ def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path, caps
                    "--set", "resources.rollout.num_gpus=1", "--set", "resources.trainer.num_gpus=1",
                    "--set", "resources.influence.num_gpus=1"])
         err = capsys.readouterr().err
-        assert rc == 2 and "resources.device is 'cuda'" in err, err
+        assert rc == 2 and "resources.device is" in err and "GPU" in err, err  # run: the plan check may say it first
     assert not (tmp_path / "run").exists()
 
 

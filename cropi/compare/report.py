@@ -31,6 +31,7 @@ import numpy as np
 
 from cropi.compare import stats
 from cropi.compare.arms import ARMS, BASELINES
+from cropi.selection.baselines import NEEDS_BUFFER
 from cropi.errors import CropiError
 from cropi.store.files import read_json, read_json_if, read_jsonl, write_json, write_text
 
@@ -86,7 +87,7 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
     paths = RunPaths(run_dir)
     E, P = cfg.trainer.steps_per_phase, cfg.run.num_phases
     sets = list(cfg.data.families) if cfg.data.synthetic else list(cfg.data.val_paths)
-    needs_buffer = result["method"] == "cropi" or ARMS.get(arm, None) is not None and ARMS[arm].needs_buffer
+    needs_buffer = result["method"] in ("cropi", *NEEDS_BUFFER)
     r = ArmRun(arm=arm, seed=seed, method=result["method"], steps_per_phase=E, num_phases=P,
                targeted=list(cfg.data.targeted) or sets, sets=sets,
                buffer_wall=buffer_wall if needs_buffer else 0.0, prompts_per_step=cfg.trainer.prompts_per_step)
@@ -199,8 +200,9 @@ def _per_seed_speedup(ref: ArmRun, r: ArmRun, names: list[str]) -> tuple:
     return stats.speedup(rs, ry, s, y), stats.speedup(rw, ry, w, y)
 
 
-def summarise(root: Path) -> dict:
-    """Every figure of the report, from ROOT's run directories."""
+def load_runs(root: Path) -> tuple[dict, dict[str, dict[int, ArmRun]], dict, dict]:
+    """ROOT's record and every finished (seed, arm), read once: (compare.json, arm -> seed -> run,
+    (seed, arm) -> pool families, seed -> buffer statistics)."""
     root = Path(root)
     rec = read_json_if(root / "compare.json", "compare record")
     if rec is None:
@@ -223,6 +225,13 @@ def summarise(root: Path) -> dict:
                     pass
     if not runs:
         raise CropiError(f"{root}: no arm has finished (no run_result.json under seed-*/ARM)")
+    return rec, runs, families, buffers
+
+
+def summarise(root: Path, loaded: tuple | None = None) -> dict:
+    """Every figure of the report, from ROOT's run directories (or what load_runs read of them)."""
+    root = Path(root)
+    rec, runs, families, buffers = loaded or load_runs(root)
     any_run = next(iter(next(iter(runs.values())).values()))
     targeted = any_run.targeted
     untargeted = [s for s in any_run.sets if s not in targeted]
@@ -451,13 +460,13 @@ def markdown(s: dict, command: str | None = None) -> str:
     return "\n".join(L)
 
 
-def plot(s: dict, runs_root: Path, out: Path) -> list[Path]:
+def plot(s: dict, runs: dict[str, dict[int, ArmRun]], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = _curves(runs_root, s)
+    curves = _curves(runs, s)
     panels = [*s["targeted"], *s["untargeted"], "targeted mean", *(["untargeted mean"] if s["untargeted"] else [])]
     cols = min(4, len(panels))
     files = []
@@ -493,16 +502,15 @@ def plot(s: dict, runs_root: Path, out: Path) -> list[Path]:
     return files
 
 
-def _curves(root: Path, s: dict) -> dict[str, list[dict]]:
-    """arm -> per seed {"step": [...], "wall": [...], panel: [...]}, from the runs again."""
+def _curves(runs: dict[str, dict[int, ArmRun]], s: dict) -> dict[str, list[dict]]:
+    """arm -> per seed {"step": [...], "wall": [...], panel: [gain, ...]}."""
     out = {}
     for arm, a in s["arms"].items():
         per = []
         for seed in a["seeds"]:
-            d = Path(root) / f"seed-{seed}" / arm
-            r = read_arm(d, arm, seed, _buffer_wall(d.parent))
-            st, wall, _ = r.curve(s["targeted"])
-            p = {"step": st, "wall": wall, "targeted mean": r.curve(s["targeted"])[2]}
+            r = runs[arm][seed]
+            st, wall, ys = r.curve(s["targeted"])
+            p = {"step": st, "wall": wall, "targeted mean": ys}
             if s["untargeted"]:
                 p["untargeted mean"] = r.curve(s["untargeted"])[2]
             for n in s["targeted"] + s["untargeted"]:
@@ -520,11 +528,12 @@ def write_compare_report(root: Path, out: Path | None = None, command: str | Non
     """Write report.md, summary.json and the curves for ROOT; returns report.md's path."""
     root = Path(root)
     out = Path(out) if out else root / "report"
-    s = summarise(root)
+    loaded = load_runs(root)
+    s = summarise(root, loaded)
     if command is None:
         command = (f"cropi compare {s['config']} --methods {' '.join(s['arms'])} --seeds {' '.join(map(str, s['seeds']))}"
                    + (f" {' '.join(s['overrides'])}" if s["overrides"] else ""))
     out.mkdir(parents=True, exist_ok=True)
-    plot(s, root, out)
+    plot(s, loaded[1], out)
     write_json({**s, "command": command}, out / "summary.json")
     return write_text(markdown(s, command), out / "report.md")

@@ -101,7 +101,7 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
     all_m = read_jsonl(metrics_path)
     summary = {"phase": phase, "steps": steps, "resumed_from_step": step0, "startup_seconds": startup,
                "wall_seconds": time.time() - t_start, "checkpoint": str(ckpt),
-               "final_val_pass@1": {k[len("val_pass@1/"):]: v for k, v in all_m[-1].items() if k.startswith("val_pass@1/")}}
+               "final_val_pass@1": {k: all_m[-1][f"val_pass@1/{k}"] for k in read_val_names(all_m[-1])}}
     write_json(summary, paths.train_summary(phase))
     return summary
 

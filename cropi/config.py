@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ class DataConfig:
     train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
     val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
     targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
-    reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function'; called as f(response, ground_truth) -> float.")
+    reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).")
+    reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.")
 
     def check(self) -> None:
         if self.synthetic:
@@ -108,6 +110,10 @@ class DataConfig:
         for t in self.targeted:
             _require(t in names, "data.targeted", f"{t!r} is not a validation set (sets: {names})")
         _require(":" in self.reward_fn, "data.reward_fn", f"must be 'module:function', got {self.reward_fn!r}")
+        rr = self.reward_range
+        _require(isinstance(rr, (list, tuple)) and len(rr) == 2
+                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in rr)
+                 and rr[0] < rr[1], "data.reward_range", f"must be [low, high] with finite low < high, got {rr!r}")
 
 
 @dataclass

@@ -29,11 +29,11 @@ def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
 def load_data(cfg: Config) -> tuple[list[PromptRow], dict[str, list[PromptRow]]]:
     """The pool and the validation sets, each row checked, ground truths included (by the reward
     function's own check_ground_truth, when it has one)."""
-    from cropi.data.rewards import check_ground_truths, load_reward_fn
+    from cropi.data.rewards import check_ground_truths, load_reward
 
     train_path, val_paths = data_paths(cfg)
     train, val = load_prompts(train_path), {name: load_prompts(p) for name, p in val_paths.items()}
-    fn = load_reward_fn(cfg.data.reward_fn)
+    fn = load_reward(cfg.data)
     check_ground_truths(fn, train, str(train_path))
     for name, rows in val.items():
         check_ground_truths(fn, rows, str(val_paths[name]))

@@ -20,7 +20,7 @@ import torch
 from cropi import seeds
 from cropi.config import Config
 from cropi.data.dataset import PromptRow, render_prompt
-from cropi.data.rewards import load_reward_fn, score
+from cropi.data.rewards import load_reward, score
 from cropi.data.tasks import make_problem
 from cropi.model.tokenizer import check_reloads, train_tokenizer
 from cropi.store.files import atomic_dir, read_json_if, write_json
@@ -49,7 +49,7 @@ def sample_pass_rate(model, tok, rows: list[PromptRow], reward_fn, n: int, tempe
     """Mean reward of n samples per prompt, drawn with Hugging Face generate."""
     model.eval()
     texts = [render_prompt(r.messages, tok) for r in rows for _ in range(n)]
-    truths = [r.ground_truth for r in rows for _ in range(n)]
+    flat = [r for r in rows for _ in range(n)]
     enc = tok(texts, return_tensors="pt", padding=True)
     with seeds.torch_seeded(seed):
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
@@ -57,7 +57,8 @@ def sample_pass_rate(model, tok, rows: list[PromptRow], reward_fn, n: int, tempe
                              eos_token_id=tok.eos_token_id)
     resp = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     model.train()
-    return sum(score(reward_fn, r, t, "warm-start eval") for r, t in zip(resp, truths)) / len(texts)
+    return sum(score(reward_fn, text, r.ground_truth, f"warm-start eval prompt {r.prompt_id}", r.data_source,
+                     r.extra_info) for text, r in zip(resp, flat)) / len(texts)
 
 
 def _fresh_problems(cfg: Config, val: dict[str, list[PromptRow]], rng: random.Random):
@@ -114,7 +115,7 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
         model = AutoModelForCausalLM.from_config(mcfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=m.warm_start_lr, weight_decay=0.0)
-    reward_fn = load_reward_fn(cfg.data.reward_fn)
+    reward_fn = load_reward(cfg.data)
     rng = random.Random(seeds.warm_start_data(seed))
     draw = _fresh_problems(cfg, val, rng) if cfg.data.synthetic else (lambda n: rng.sample(train, min(n, len(train))))
     eval_rows = {name: rows[: min(len(rows), 64)] for name, rows in val.items()}

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from cropi.data.dataset import PromptRow
-from cropi.data.rewards import load_reward_fn
+from cropi.data.rewards import load_reward
 from cropi.data.suite import load_data, targeted
 from cropi.errors import CropiError
 from cropi.model.loading import check_model_dir, load_tokenizer
@@ -36,7 +36,7 @@ def build_buffer(cfg, progress: bool = True) -> dict:
     check_device(cfg)
     check_model_dir(cfg.model.path)
     load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
-    load_reward_fn(cfg.data.reward_fn)
+    load_reward(cfg.data)
     train, val = load_data(cfg)
     specs = plan_shards(cfg, train, targeted(cfg, val))
     bdir = RunPaths.of(cfg).buffer

@@ -38,11 +38,11 @@ def open_engine(cfg, model_path: str, worker_index: int):
     """(tokenizer, vLLM engine, reward function) of rollout worker `worker_index`: what every
     actor that samples holds."""
     from cropi import seeds
-    from cropi.data.rewards import load_reward_fn
+    from cropi.data.rewards import load_reward
     from cropi.model.loading import load_tokenizer
 
     return (load_tokenizer(model_path), make_llm(cfg, model_path, seed=seeds.engine(cfg.run.seed, worker_index)),
-            load_reward_fn(cfg.data.reward_fn))
+            load_reward(cfg.data))
 
 
 def make_llm(cfg, model_path: str, seed: int):
@@ -102,7 +102,8 @@ def sample_and_score(llm, tok, reward_fn, rows: list[PromptRow], n: int, tempera
     """n samples per prompt, rewarded: (prompt token ids, groups of Samples, rewards [P, n])."""
     prompt_ids = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
     groups = sample_groups(llm, prompt_ids, n, temperature, top_p, max_new_tokens, seeds)
-    rewards = torch.tensor([[score(reward_fn, s.text, r.ground_truth, f"{where} prompt {r.prompt_id}")
+    rewards = torch.tensor([[score(reward_fn, s.text, r.ground_truth, f"{where} prompt {r.prompt_id}", r.data_source,
+                                   r.extra_info)
                              for s in g] for r, g in zip(rows, groups)], dtype=torch.float64)  # [P, n]
     return prompt_ids, groups, rewards
 

@@ -25,6 +25,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . .
-RUN make setup TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu PYTHON=python3.11
+RUN make setup PYTHON=python3.11
 ENV PATH=/app/.venv/bin:$PATH
 CMD ["make", "demo"]

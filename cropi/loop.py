@@ -121,13 +121,14 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     services = None  # the training engines and ranks, started by the first phase that trains
     with ray_session(cfg, dashboard=True), contextlib.ExitStack() as keep:
         metrics = RunMetrics(paths.root, paths.root.name)
+        keep.callback(metrics.close)
 
         def stage(name: str, fn, phase: int | None = None):
             t0 = time.time()
             out = fn()
             dt = time.time() - t0
             timings[name if phase is None else f"phase{phase}/{name}"] = round(dt, 2)
-            metrics.gauge("cropi_stage_seconds", dt, stage=name)
+            metrics.gauge("cropi_stage_seconds", dt, phase="none" if phase is None else phase, stage=name)
             metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2))
             return out
 
@@ -152,11 +153,11 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
                     metrics.event("rebuffer", phase=m, kl=rb["kl_before"], prompts=rb["prompts"])
                     _set_aside(paths.influence(m))
                     man = stage("influence_after_rebuffer", lambda: run_influence(cfg, m, log), m)
-                metrics.gauge("cropi_kl_drift", man["kl_drift"])
+                metrics.gauge("cropi_kl_drift", man["kl_drift"], phase=m)
                 metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])
                 if not paths.selection_summary(m).is_file():
                     stage("select", lambda: run_selector(cfg, m, pool), m)
-                metrics.gauge("cropi_selection_seconds", time.time() - t_sel)
+                metrics.gauge("cropi_selection_seconds", time.time() - t_sel, phase=m)
             else:
                 _write_baseline_selection(cfg, m, pool, method)
             start = phase_start_checkpoint(cfg, m)

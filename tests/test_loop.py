@@ -86,13 +86,15 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         from ray.job_submission import JobSubmissionClient
 
         client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
-        seen_metrics, status, deadline = set(), "", time.time() + 600
+        seen_metrics, scrapes, empty_labels, status, deadline = set(), [], [], "", time.time() + 600
         while time.time() < deadline:
             status = str(client.get_job_status(job_id))
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
-                seen_metrics |= {line.split("{")[0] for line in text.splitlines() if "cropi_" in line
-                                 and not line.startswith("#")}
+                lines = [ln for ln in text.splitlines() if "cropi_" in ln and not ln.startswith("#")]
+                scrapes.append({ln.split("{")[0] for ln in lines})
+                seen_metrics |= scrapes[-1]
+                empty_labels += [ln for ln in lines if '=""' in ln]
             except OSError:
                 pass
             if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
@@ -103,6 +105,13 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         _check_run(tmp_path / "run", 1, 2)
         exported = {m.replace("ray_", "", 1) for m in seen_metrics}
         assert {"cropi_step", "cropi_reward_mean", "cropi_val_pass_at_1"} <= exported, seen_metrics
+        assert not empty_labels, empty_labels[:3]  # each gauge carries only its own labels
+        # once exported, the phase stays exported to the end of the job (refreshed, not dropped
+        # while influence and selection run); the last scrapes may follow the job's end
+        with_phase = [i for i, names in enumerate(scrapes) if "ray_cropi_phase" in names]
+        assert with_phase, scrapes
+        gaps = [i for i in range(with_phase[0], with_phase[-1]) if "ray_cropi_phase" not in scrapes[i]]
+        assert not gaps, f"ray_cropi_phase missing from scrapes {gaps} of {len(scrapes)}"
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 

@@ -35,7 +35,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _f(default, help: str, **rules):
-    """A dataclass field with its help text and rules: choices=(...), min=x (>=), above=x (>), max=x (<=)."""
+    """A dataclass field with its help text and rules: choices=(...), min=x (>=), above=x (>), max=x (<=);
+    input=False for a field that only checks (no artifact's content and no phase's results depend on
+    it: it is left out of section hashes and of the config a begun phase must keep)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **rules})
     return field(default=default, metadata={"help": help, **rules})
@@ -98,7 +100,7 @@ class DataConfig:
     val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
     targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
     reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).")
-    reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.")
+    reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.", input=False)
 
     def check(self) -> None:
         if self.synthetic:
@@ -299,8 +301,23 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections: what an artifact depends on, and nothing else."""
-        return stable_hash({s: dataclasses.asdict(getattr(self, s)) for s in sections})
+        """Stable hash of the named sections: what an artifact depends on, and nothing else
+        (fields declared input=False are left out)."""
+        return stable_hash({s: _inputs_only(getattr(self, s)) for s in sections})
+
+
+def _inputs_only(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("input", True):
+            v = getattr(obj, f.name)
+            out[f.name] = _inputs_only(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def not_inputs() -> tuple[str, ...]:
+    """Dotted names of the fields declared input=False."""
+    return tuple(name for name, f, _ in field_paths() if not f.metadata.get("input", True))
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
@@ -443,4 +460,4 @@ def flat_dict(cfg: Config, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 __all__ = ["Config", "load_config", "from_dict", "parse_override", "reference_markdown", "flat_dict",
-           "field_paths", "FAMILIES"]
+           "field_paths", "not_inputs", "FAMILIES"]

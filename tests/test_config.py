@@ -129,3 +129,16 @@ def test_readme_reference_is_current_and_every_config_loads():
     assert block == reference_markdown(), "README's config reference is stale: regenerate with `cropi config-reference`"
     for path in sorted(Path("configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_check_only_fields_change_no_hash_and_no_phase_input():
+    """data.reward_range only checks rewards: widening it must not orphan a buffer, a base model or
+    a begun phase (nor did adding the field change the hashes of runs made before it existed)."""
+    from cropi.config import not_inputs
+    from cropi.store.run_record import phase_inputs
+
+    a, b = load_config(None), load_config(None, ["data.reward_range=[-1, 2]"])
+    assert "data.reward_range" in not_inputs()
+    assert a.section_hash("data") == b.section_hash("data")
+    assert phase_inputs(a) == phase_inputs(b) and "data.reward_range" not in phase_inputs(a)
+    assert a.section_hash("data") != load_config(None, ["data.val_size=7"]).section_hash("data")

@@ -22,9 +22,9 @@ NOT_INPUTS = ("resources", "run.dir", "run.num_phases")
 
 def phase_inputs(cfg) -> dict:
     """{'section.field': value} of every field a phase's results can depend on."""
-    from cropi.config import flat_dict
+    from cropi.config import flat_dict, not_inputs
 
-    return flat_dict(cfg, exclude=NOT_INPUTS)
+    return flat_dict(cfg, exclude=NOT_INPUTS + not_inputs())
 
 
 def check_run(cfg, method: str) -> None:

@@ -31,6 +31,14 @@ def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _load(args):
+    """The command's config, its model.path resolved to a local directory (a hub id: once, here)."""
+    from cropi.config import load_config
+    from cropi.model.hub import resolve
+
+    return resolve(load_config(args.config, args.overrides))
+
+
 def cmd_make_base_model(args) -> int:
     from cropi.config import load_config
     from cropi.data.suite import load_data
@@ -50,10 +58,9 @@ def cmd_make_base_model(args) -> int:
 
 
 def cmd_rollout(args) -> int:
-    from cropi.config import load_config
     from cropi.rollout.build import build_buffer
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     manifest = build_buffer(cfg)
     for split, info in manifest["splits"].items():
         print(f"{split:>10}: {info['num_prompts_present']} prompts x {info['k']} = {info['num_trajectories']} "
@@ -65,7 +72,6 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cropi.config import load_config
     from cropi.data.suite import load_data
     from cropi.model.loading import check_model_dir
     from cropi.ray_utils import ray_session
@@ -73,7 +79,7 @@ def cmd_train(args) -> int:
     from cropi.store.selection import selected_ids
     from cropi.trainer.phase import run_phase
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     start = phase_start_checkpoint(cfg, args.phase)
     check_model_dir(start)
     pool, val = load_data(cfg)
@@ -93,11 +99,10 @@ def cmd_train(args) -> int:
 
 def cmd_influence(args) -> int:
     """The phase's [refresh ->] influence part of the loop."""
-    from cropi.config import load_config
     from cropi.influence.actor import run_influence
     from cropi.ray_utils import ray_session
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     with ray_session(cfg):
         if cfg.influence.refresh_zero_grad:
             from cropi.data.suite import load_data
@@ -113,12 +118,11 @@ def cmd_influence(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from cropi.config import load_config
     from cropi.data.suite import load_data
     from cropi.ray_utils import ray_session
     from cropi.selection.actor import run_selector
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     pool, _ = load_data(cfg)
     with ray_session(cfg):
         s = run_selector(cfg, args.phase, pool)
@@ -135,7 +139,6 @@ def cmd_run(args) -> int:
     """The whole loop (or a baseline) on local Ray or the cluster at RAY_ADDRESS, then the report."""
     import time
 
-    from cropi.config import load_config
     from cropi.loop import run_loop
     from cropi.report import write_report
 
@@ -144,7 +147,7 @@ def cmd_run(args) -> int:
 
     from cropi.ray_utils import check_device
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     check_model_dir(cfg.model.path)
     check(estimate(cfg))  # refuse before anything launches
     check_device(cfg)
@@ -157,10 +160,9 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     """Estimated peak memory per device for every stage; exit 2 if a stage does not fit."""
-    from cropi.config import load_config
     from cropi.plan import check, estimate, render
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     plan = estimate(cfg)
     print(json.dumps(plan, indent=2) if args.json else render(plan))
     check(plan)
@@ -169,10 +171,9 @@ def cmd_plan(args) -> int:
 
 def cmd_demo(args) -> int:
     """What `make demo` runs: the base model's pass rates, then the whole CROPI loop and its report."""
-    from cropi.config import load_config
     from cropi.model.base_model import read_marker
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args)
     from cropi.model.loading import check_model_dir
 
     check_model_dir(cfg.model.path)

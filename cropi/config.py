@@ -120,7 +120,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = _f("artifacts/base-model", "Base policy: any Hugging Face causal-LM checkpoint directory.")
+    path: str = _f("artifacts/base-model", "Base policy: any Hugging Face causal-LM checkpoint directory, or a hub id (Qwen/Qwen2.5-1.5B) resolved once on the driver through the local Hugging Face cache (HF_HOME; downloaded only when the cache lacks it and HF_HUB_OFFLINE is unset).")
+    revision: str = _f("", "Hub id only: the branch, tag or commit to use (empty: main); the resolved model.path names the snapshot, so this field is not itself an input.", input=False)
     dtype: str = _f("float32", "Model dtype for trainers, gradient actors and vLLM.", choices=DTYPES)
 
     def check(self) -> None:

@@ -136,8 +136,8 @@ def estimate(cfg, shape: ModelShape | None = None) -> dict:
         gib = {k: round(v / GIB, 3) for k, v in parts.items()}
         gib["total"] = round(sum(parts.values()) / GIB, 3)
         out[name] = gib
-    return {"device": cfg.resources.device, "device_memory_gib": round(device_memory_gib(cfg), 1),
-            "model_parameters": p, "stages": out}
+    return {"model": str(cfg.model.path), "device": cfg.resources.device,
+            "device_memory_gib": round(device_memory_gib(cfg), 1), "model_parameters": p, "stages": out}
 
 
 FIXES = {
@@ -158,7 +158,7 @@ def check(plan: dict) -> None:
 
 
 def render(plan: dict) -> str:
-    lines = [f"{plan['model_parameters'] / 1e6:,.1f}M parameters; {plan['device']} device of "
+    lines = [f"{plan.get('model', 'model')}: {plan['model_parameters'] / 1e6:,.1f}M parameters; {plan['device']} device of "
              f"{plan['device_memory_gib']} GiB", "", "| stage | estimated peak GiB | parts (GiB) |", "| --- | --- | --- |"]
     for name, parts in plan["stages"].items():
         detail = ", ".join(f"{k} {v}" for k, v in parts.items() if k != "total")

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None, method: str = "cropi") -> int:
         ap.add_argument("--method", default="cropi", choices=METHODS)
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        from cropi.model.hub import resolve
+
+        cfg = resolve(load_config(args.config, args.overrides))  # a hub id: resolved here, once
         if not cfg.resources.ray_address:
             cfg.resources.ray_address = "auto"  # inside a Ray job: join its cluster
         from cropi.model.loading import check_model_dir

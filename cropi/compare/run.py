@@ -31,9 +31,10 @@ def arm_dir(root: Path, seed: int, arm: str) -> Path:
 
 def arm_config(config_path: str, overrides: list[str], arm: Arm, seed: int, root: Path):
     from cropi.config import load_config
+    from cropi.model.hub import resolve
 
-    return load_config(config_path, [*overrides, *arm.overrides, f"run.seed={seed}",
-                                     f"run.dir={arm_dir(root, seed, arm.name)}"])
+    return resolve(load_config(config_path, [*overrides, *arm.overrides, f"run.seed={seed}",
+                                             f"run.dir={arm_dir(root, seed, arm.name)}"]))
 
 
 def _share_buffer(root: Path, seed: int, arm: Arm) -> None:
@@ -54,6 +55,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     """Run every (seed, arm) not yet complete; returns ROOT."""
     from cropi.config import load_config
     from cropi.loop import run_loop
+    from cropi.model.hub import resolve
     from cropi.model.loading import check_model_dir
     from cropi.ray_utils import check_device, ray_session
 
@@ -61,7 +63,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
         raise CropiError("--seeds: name at least one seed")
     if len(set(seeds)) != len(seeds):
         raise CropiError(f"--seeds: a seed is repeated in {seeds}")
-    base = load_config(config_path, overrides)
+    base = resolve(load_config(config_path, overrides))
     root = Path(base.run.dir)
     cfgs = {(s, a.name): arm_config(config_path, overrides, a, s, root) for s in seeds for a in arms}  # all valid first
     check_device(base)

@@ -84,9 +84,12 @@ class RunConfig:
     dir: str = _f("runs/tiny", "Run directory: buffer, per-phase gradients, selections, checkpoints, metrics.")
     seed: int = _f(0, "Root seed; every other seed is derived from it (cropi/seeds.py), never global state.")
     num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1)
+    trackers: list = _f([], "Experiment trackers that also get every step's metrics, each phase's selection summary and the report's plots (metrics.jsonl and train_metrics.jsonl are always written): tensorboard (RUN_DIR/tensorboard) | wandb (pip install wandb; WANDB_MODE=offline works without an account).", choices=("tensorboard", "wandb"), input=False)
+    wandb_project: str = _f("cropi", "W&B project (run.trackers: [wandb]); the W&B run id is derived from the run directory, so a resumed run continues the same W&B run.", input=False)
 
     def check(self) -> None:
         _require(bool(self.dir), "run.dir", "must be a non-empty path")
+        _require(len(set(self.trackers)) == len(self.trackers), "run.trackers", f"names a tracker twice: {self.trackers}")
 
 
 @dataclass

@@ -103,8 +103,9 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
     from cropi.selection.actor import run_selector
     from cropi.selection.baselines import NEEDS_BUFFER
-    from cropi.store.files import write_json
+    from cropi.store.files import read_json_if, write_json
     from cropi.store.run_record import check_run, claim_phase, record_start
+    from cropi.trackers import Trackers
     from cropi.store.selection import selected_ids
     from cropi.trainer.phase import run_phase
     from cropi.trainer.services import TrainingServices
@@ -122,6 +123,12 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     with ray_session(cfg, dashboard=True), contextlib.ExitStack() as keep:
         metrics = RunMetrics(paths.root, paths.root.name)
         keep.callback(metrics.close)
+        trackers = Trackers(cfg, paths.root)
+        keep.callback(trackers.close)
+
+        def on_step(m: dict) -> None:
+            metrics.on_step(m)
+            trackers.on_step(m)
 
         def stage(name: str, fn, phase: int | None = None):
             t0 = time.time()
@@ -160,6 +167,9 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
                 metrics.gauge("cropi_selection_seconds", time.time() - t_sel, phase=m)
             else:
                 _write_baseline_selection(cfg, m, pool, method)
+            sel = read_json_if(paths.selection_summary(m), "selection summary")
+            if sel:
+                trackers.on_selection(m, sel)
             start = phase_start_checkpoint(cfg, m)
 
             def train():
@@ -167,12 +177,16 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
                 if cfg.trainer.keep_alive and services is None:  # started inside the stage: its time counts there
                     services = keep.enter_context(TrainingServices(cfg, start))
                 return run_phase(cfg, m, cfg.trainer.steps_per_phase, pool, selected_ids(paths.selection(m)), val,
-                                 start, log, on_step=metrics.on_step, services=services)
+                                 start, log, on_step=on_step, services=services)
 
             summary = stage("train", train, m)
             if services is not None:
                 services.rest()
             metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})
+        if trackers.open:  # the report's plots, while the trackers are open (the faces write it again)
+            from cropi.report import write_report
+
+            trackers.on_report(write_report(paths.root).parent, cfg.run.num_phases)
     result = {"method": method, "run_dir": str(paths.root), "stage_seconds": timings,
               "final_checkpoint": str(paths.checkpoint(cfg.run.num_phases - 1))}
     write_json(result, paths.run_result)

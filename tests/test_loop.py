@@ -81,7 +81,7 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         job_id = f"cropi-test-{os.getpid()}-{int(time.time())}"
         submit = [str(BIN / "ray"), "job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(ROOT), "--",
                   sys.executable, "-m", "ray_jobs.cropi_loop", "--config", "configs/tiny-cpu.yaml",
-                  *_sets(_small(tmp_path, 1, 2))]
+                  *_sets(_small(tmp_path, 1, 2) + ["run.trackers=[tensorboard]"])]
         subprocess.run(submit, env=jenv, check=True, capture_output=True, text=True, timeout=180)
         from ray.job_submission import JobSubmissionClient
 
@@ -103,6 +103,12 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         logs = client.get_job_logs(job_id)
         assert "SUCCEEDED" in status, status + logs[-3000:]
         _check_run(tmp_path / "run", 1, 2)
+        from tests.test_trackers import read_tensorboard
+
+        scalars, images = read_tensorboard(tmp_path / "run" / "tensorboard")
+        logged = [json.loads(x) for x in (tmp_path / "run" / "phase-0" / "train_metrics.jsonl").read_text().splitlines()]
+        assert [v for _, v in scalars["train/reward_mean"]] == pytest.approx([m["reward_mean"] for m in logged[1:]])
+        assert "selection/selected" in scalars and {"report/validation", "report/selection"} <= set(images)
         exported = {m.replace("ray_", "", 1) for m in seen_metrics}
         assert {"cropi_step", "cropi_reward_mean", "cropi_val_pass_at_1"} <= exported, seen_metrics
         assert not empty_labels, empty_labels[:3]  # each gauge carries only its own labels

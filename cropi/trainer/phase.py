@@ -117,9 +117,9 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         link.push()
         log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
     # keep the metrics (and evaluations) of the steps that the checkpoint covers; the rest are redone
-    write_jsonl([m for m in read_jsonl(metrics_path) if m["step"] <= step0], metrics_path)
+    write_jsonl(covered(read_jsonl(metrics_path), step0), metrics_path)
     details = RunPaths.of(cfg).eval_details(phase)
-    write_jsonl([e for e in read_jsonl(details) if step0 > 0 and e["step"] <= step0], details)
+    write_jsonl(covered(read_jsonl(details), step0), details)
     if step0 == 0:
         ev = _carried_eval(cfg, phase, start_ckpt, details)
         if ev is None:
@@ -141,6 +141,12 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
     group.save_hf(str(ckpt), start_ckpt)
     services.phase_saved(str(Path(ckpt).resolve()))  # the last step synced these very weights (_step)
     return ckpt, step0
+
+
+def covered(rows: list[dict], step0: int) -> list[dict]:
+    """The logged rows a resume from DeepSpeed checkpoint step0 keeps: steps 0..step0. With no
+    checkpoint (step0 0) none: step 0's evaluation is redone, so it must not be kept twice."""
+    return [r for r in rows if step0 > 0 and r["step"] <= step0]
 
 
 def _carried_eval(cfg, phase: int, start_ckpt: str, details: Path) -> dict[str, float] | None:

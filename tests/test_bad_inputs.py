@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +88,172 @@ def test_a_reward_outside_zero_one_or_not_a_number_names_the_row(value):
     from cropi.data.rewards import score
     from cropi.errors import CropiError
 
-    with pytest.raises(CropiError, match=r"returned .* on train prompt 7; expected a number in \[0, 1\]"):
+    with pytest.raises(CropiError, match=r"returned .* on train prompt 7; expected a finite number in \[0, 1\]"):
         score(lambda r, g: value, "resp", "1", "train prompt 7")
     assert score(lambda r, g: True, "resp", "1", "x") == 1.0 and score(lambda r, g: 0, "resp", "1", "x") == 0.0
+
+
+# ---- the table: every bad input a new user tried, one builder each ---------------------------------
+# A builder gets tmp_path and returns (argv after `cropi`, what the message must name). Each case
+# must exit 2 with `cropi: error:` and no traceback, and leave tmp_path/run as it was (absent, or
+# byte for byte what the builder put there).
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "artifacts" / "base-model"
+
+
+def _rollout(tmp_path, *extra):
+    return ["rollout", "configs/tiny-cpu.yaml", "--set", f"run.dir={tmp_path / 'run'}", *extra]
+
+
+def _copy_model(tmp_path, name="model"):
+    dst = tmp_path / name
+    shutil.copytree(MODEL, dst)
+    return dst
+
+
+def _model_case(mutate):
+    def build(tmp_path):
+        m = _copy_model(tmp_path)
+        culprit = mutate(m)
+        return _rollout(tmp_path, "--set", f"model.path={m}"), culprit
+    return build
+
+
+def _truncate(m):
+    f = m / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return "is truncated"
+
+
+def _garbage_weights(m):
+    (m / "model.safetensors").write_bytes(b"\x00" * 4)
+    return "not a readable safetensors file"
+
+
+def _data_case(train=None, val=None, culprit=""):
+    def build(tmp_path):
+        return _rollout(tmp_path, *_data(tmp_path, train=train, val=val)), culprit
+    return build
+
+
+def _file_case(name, content, culprit, split="train"):
+    def build(tmp_path):
+        argv = _data(tmp_path)
+        f = tmp_path / name
+        f.write_bytes(content) if isinstance(content, bytes) else f.write_text(content)
+        key = "data.train_path" if split == "train" else "data.val_paths"
+        argv = [a if not a.startswith(key) else (f"{key}={f}" if split == "train" else f"{key}={{v: {f}}}")
+                for a in argv]
+        return _rollout(tmp_path, *argv), culprit
+    return build
+
+
+def _parquet_truncated(tmp_path):
+    from cropi.data.dataset import write_rows
+
+    f = write_rows([_row()] * 8, tmp_path / "train.parquet")
+    f.write_bytes(f.read_bytes()[:-20])
+    argv = _data(tmp_path)
+    argv = [a if not a.startswith("data.train_path") else f"data.train_path={f}" for a in argv]
+    return _rollout(tmp_path, *argv), "not a readable Parquet file"
+
+
+def _reward_case(spec, culprit):
+    def build(tmp_path):
+        return _rollout(tmp_path, "--set", f"data.reward_fn={spec(tmp_path) if callable(spec) else spec}"), culprit
+    return build
+
+
+def _broken_reward_file(tmp_path):
+    (tmp_path / "r.py").write_text("def f(:\n")
+    return f"{tmp_path / 'r.py'}:f"
+
+
+def _run_dir_case(setup, cmd="run", culprit=""):
+    def build(tmp_path):
+        run = tmp_path / "run"
+        run.mkdir()
+        setup(run)
+        argv = [cmd, "configs/tiny-cpu.yaml", "--set", f"run.dir={run}"]
+        return argv, culprit
+    return build
+
+
+def _yaml_case(text, culprit):
+    def build(tmp_path):
+        (tmp_path / "c.yaml").write_text(text)
+        return ["rollout", str(tmp_path / "c.yaml"), "--set", f"run.dir={tmp_path / 'run'}"], culprit
+    return build
+
+
+TABLE = {
+    # config
+    "unknown field": lambda t: (_rollout(t, "--set", "trainer.lrr=1"), "trainer.lrr"),
+    "unknown section": _yaml_case("trainr:\n  lr: 1\n", "trainr"),
+    "wrong type": lambda t: (_rollout(t, "--set", "trainer.lr=fast"), "trainer.lr"),
+    "out of range": lambda t: (_rollout(t, "--set", "selection.alpha=1.5"), "selection.alpha"),
+    "not a choice": lambda t: (_rollout(t, "--set", "influence.mode=fast"), "influence.mode"),
+    "YAML that does not parse": _yaml_case("run: [\n", "c.yaml"),
+    "YAML that is a list": _yaml_case("- 1\n- 2\n", "c.yaml"),
+    "targeted set that does not exist": lambda t: (_rollout(t, "--set", "data.targeted=[nope]"), "data.targeted"),
+    "reward range reversed": lambda t: (_rollout(t, "--set", "data.reward_range=[1, 0]"), "data.reward_range"),
+    "tracker unknown": lambda t: (_rollout(t, "--set", "run.trackers=[mlflow]"), "run.trackers"),
+    "override without =": lambda t: (_rollout(t, "--set", "trainer.lr"), "trainer.lr"),
+    # datasets
+    "row without data_source": _data_case(train=[{"prompt": "1+1=", "reward_model": {"ground_truth": "2"}}] * 2,
+                                          culprit="data_source"),
+    "row without reward_model": _data_case(train=[{"data_source": "t", "prompt": "1+1="}] * 2,
+                                           culprit="reward_model.ground_truth"),
+    "message without role": _data_case(train=[{"data_source": "t", "prompt": [{"content": "x"}],
+                                               "reward_model": {"ground_truth": "2"}}], culprit="prompt[0]"),
+    "extra_info not a mapping": _data_case(train=[{**_row(), "extra_info": [1]}], culprit="extra_info"),
+    "empty validation set": _file_case("val.jsonl", "", "has no rows", split="val"),
+    "broken JSONL line": _file_case("train.jsonl", json.dumps(_row()) + "\n{not json\n" + json.dumps(_row()) + "\n",
+                                    "train.jsonl"),
+    "truncated Parquet": _parquet_truncated,
+    "unsupported dataset format": _file_case("train.csv", "a,b\n", "unsupported dataset format"),
+    "missing dataset file": lambda t: (_rollout(t, *[a if not a.startswith("data.train_path") else
+                                                     f"data.train_path={t / 'nope.jsonl'}" for a in _data(t)]),
+                                       "does not exist"),
+    # models
+    "missing model path": lambda t: (_rollout(t, "--set", f"model.path={t / 'nope'}"), "does not exist"),
+    "model without config.json": _model_case(lambda m: ((m / "config.json").unlink(), "no config.json")[1]),
+    "model config.json not JSON": _model_case(lambda m: ((m / "config.json").write_text("{"), "not valid JSON")[1]),
+    "model without weights": _model_case(lambda m: ((m / "model.safetensors").unlink(), "no weights")[1]),
+    "truncated safetensors": _model_case(_truncate),
+    "garbage safetensors": _model_case(_garbage_weights),
+    "index naming a missing shard": _model_case(lambda m: ((m / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model-00002.safetensors"}})), "missing")[1]),
+    "hub id offline and not cached": lambda t: (_rollout(t, "--set", "model.path=nobody/no-such-model"),
+                                                "nobody/no-such-model"),
+    # reward functions
+    "reward module missing": _reward_case("no_such_mod:f", "no_such_mod"),
+    "reward function missing": _reward_case("cropi.data.rewards:nope", "nope"),
+    "reward spec without colon": _reward_case("cropi.data.rewards", "module:function"),
+    "reward file missing": _reward_case(lambda t: f"{t / 'none.py'}:f", "none.py does not exist"),
+    "reward file that does not import": _reward_case(_broken_reward_file, "SyntaxError"),
+    # run directories
+    "corrupt run.json": _run_dir_case(lambda r: (r / "run.json").write_text("{torn"), culprit="run.json"),
+    "another method's run": _run_dir_case(lambda r: (r / "run.json").write_text(json.dumps({"method": "random"})),
+                                          culprit="holds a 'random' run"),
+    "status of a non-run directory": _run_dir_case(lambda r: (r / "x.txt").write_text("x"), cmd="status",
+                                                   culprit="not a cropi run directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE))
+def test_bad_input_table(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv, culprit = TABLE[case](tmp_path)
+    if argv[0] == "status":
+        argv = ["status", argv[argv.index("--set") + 1].split("=", 1)[1]]
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} if run.exists() else None
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("cropi: error:"), err
+    assert culprit in err, err
+    assert "Traceback" not in err
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} if run.exists() else None
+    assert after == before, f"{case}: the run directory changed: {sorted(set(after or {}) ^ set(before or {}))}"

@@ -107,6 +107,37 @@ def test_two_ranks_equal_one_rank_and_weight_sync_is_real(tiny_model, ray_local)
     engines.close()
 
 
+@pytest.mark.parametrize("zero_stage", [2, 0])
+def test_nan_on_one_rank_skips_the_step_on_every_rank(tiny_model, ray_local, zero_stage):
+    """A NaN advantage on rank 1 only: both ranks skip (one all-reduce), DeepSpeed applies nothing
+    (ZeRO 2: its overflow skip, checked; ZeRO 0: gradients zeroed), the prompt ids are named, and
+    the next finite step trains normally."""
+    from cropi.model.loading import load_tokenizer
+    from cropi.trainer.group import TrainerGroup
+
+    tok = load_tokenizer(tiny_model)
+    full = {**_batch(tok, n=4), "row_ids": [10, 11, 12, 13]}
+    cfg = load_config("configs/tiny-cpu.yaml", ["trainer.world_size=2", "trainer.lr=0.1", f"trainer.zero_stage={zero_stage}",
+                                                "resources.trainer.num_cpus=0.5"])
+    group = TrainerGroup(cfg, str(tiny_model), str(tiny_model), tag=f"nan{zero_stage}")
+    try:
+        def shards(adv):
+            return [{**full, **{k: [v[i] for i in ix] for k, v in (("prompt_ids", full["prompt_ids"]),
+                     ("response_ids", full["response_ids"]), ("advantages", adv), ("row_ids", full["row_ids"]))}}
+                    for ix in ([0, 2], [1, 3])]
+        ntok = float(sum(len(x) for x in full["response_ids"]))
+        w0 = group.weights()
+        out = group.train_step(shards([1.0, -1.0, 1.0, float("nan")]), ntok)  # row 13 -> rank 1
+        assert [r["skipped_step"] for r in out] == [1, 1]
+        assert out[1]["nonfinite"] == {"what": "advantages", "prompt_ids": [13]}
+        assert out[0]["nonfinite"]["what"] == "on another rank"
+        assert group.weights() == w0  # not applied, on any rank
+        out = group.train_step(shards([1.0, -1.0, 1.0, -1.0]), ntok)
+        assert [r["skipped_step"] for r in out] == [0, 0] and group.weights() != w0
+    finally:
+        group.shutdown()
+
+
 def _select_family(tmp_path, family):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -42,6 +42,7 @@ def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: 
         for k in out:
             for j, i in enumerate(ix):
                 out[k][i] = part[k][j]
+    out["row_ids"] = [r.prompt_id for r in rows]
     return out
 
 
@@ -189,6 +190,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
         return _maybe_eval(cfg, engines, val, step, steps, m)
     adv, _, _ = group_advantages(rewards, t.adv_norm)  # [B, G]
     prompts = [p for p in out["prompt_ids"] for _ in range(t.group_size)]
+    row_ids = [r for r in out["row_ids"] for _ in range(t.group_size)]
     responses = [r for g in out["response_ids"] for r in g]
     advs = adv.flatten().tolist()
     lengths = torch.tensor([len(r) for r in responses])
@@ -199,7 +201,8 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     micro = batching.plan([[len(prompts[i]) + len(responses[i]) for i in ix] for ix in parts],
                           t.max_tokens_per_micro_batch)
     shards = [{"prompt_ids": [prompts[i] for i in ix], "response_ids": [responses[i] for i in ix],
-               "advantages": [advs[i] for i in ix], "pad_id": tok.pad_token_id, "micro_batches": mb}
+               "advantages": [advs[i] for i in ix], "row_ids": [row_ids[i] for i in ix], "pad_id": tok.pad_token_id,
+               "micro_batches": mb}
               for ix, mb in zip(parts, micro)]
     t0 = time.time()
     if services.sleeps:
@@ -222,8 +225,13 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
          "clip_frac": sum(r["clip_sum"] for r in ranks) / ntok,
          "entropy": sum(r["entropy_sum"] for r in ranks) / ntok, "grad_norm": ranks[0]["grad_norm"],
          "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()),
-         "micro_batches": ranks[0]["micro_batches"], "skipped_step": 0, **timing})
+         "micro_batches": ranks[0]["micro_batches"], "skipped_step": max(r["skipped_step"] for r in ranks), **timing})
     m["tokens_per_s"] = ntok / max(sum(timing.values()), 1e-9)
+    bad = [r["nonfinite"] for r in ranks if r.get("nonfinite") and r["nonfinite"]["prompt_ids"]]
+    if m["skipped_step"] and bad:
+        m["nonfinite"] = {"what": bad[0]["what"], "prompt_ids": sorted({i for b in bad for i in b["prompt_ids"]})}
+        print(f"cropi: phase {phase} step {step}: non-finite {m['nonfinite']['what']} for prompts "
+              f"{m['nonfinite']['prompt_ids'][:16]}; the step was not applied", flush=True)
     return _maybe_eval(cfg, engines, val, step, steps, m)
 
 

@@ -28,6 +28,8 @@ def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config field; repeatable")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the engines' own logs (vLLM, DeepSpeed, transformers); default: cropi's lines only")
     return p
 
 
@@ -279,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        from cropi.logs import set_verbose
+
+        set_verbose(True)
     try:
         return args.fn(args)
     except CropiError as e:

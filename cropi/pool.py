@@ -20,6 +20,18 @@ from cropi.errors import CropiError
 from cropi.placement import Placement, workers_placement
 
 
+def with_log_env(options: dict | None) -> dict:
+    """The actor options with cropi's log settings (cropi.logs) in runtime_env.env_vars; the
+    caller's own env_vars win where they name the same variable."""
+    from cropi.logs import actor_env
+
+    options = dict(options or {})
+    renv = dict(options.get("runtime_env") or {})
+    renv["env_vars"] = {**actor_env(), **(renv.get("env_vars") or {})}
+    options["runtime_env"] = renv
+    return options
+
+
 class WorkerPool:
     def __init__(self, actor_cls, args_of: Callable[[int], tuple], *, count: int, cpus: float, gpus: float,
                  what: str, name: str, options: dict | None = None, placement: Placement | None = None,
@@ -32,11 +44,12 @@ class WorkerPool:
         if len(bundles) != count:
             raise CropiError(f"{what}: {count} actors need {count} bundles, got {len(bundles)}")
         self.actors: list = []
+        options = with_log_env(options)
         try:
             for i, b in enumerate(bundles):
                 self.actors.append(actor_cls.options(
                     name=f"{name}-{i}", num_cpus=cpus, num_gpus=gpus,
-                    scheduling_strategy=self.placement.strategy(b), **(options or {})).remote(*args_of(i)))
+                    scheduling_strategy=self.placement.strategy(b), **options).remote(*args_of(i)))
         except BaseException:
             self.close()
             raise

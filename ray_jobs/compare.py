@@ -23,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.compare")
     ap.add_argument("--config", required=True, help="YAML config")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--verbose", action="store_true", help="also show the engines' own logs")
     ap.add_argument("--methods", nargs="+", default=["main"], metavar="ARM")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
     args = ap.parse_args(argv)
+    if args.verbose:
+        from cropi.logs import set_verbose
+
+        set_verbose(True)
     try:
         overrides = list(args.overrides)
         if not load_config(args.config, overrides).resources.ray_address:

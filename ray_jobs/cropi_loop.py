@@ -25,9 +25,14 @@ def main(argv: list[str] | None = None, method: str = "cropi") -> int:
     ap = argparse.ArgumentParser(prog=f"python -m ray_jobs.{__name__.rsplit('.', 1)[-1]}")
     ap.add_argument("--config", required=True, help="YAML config")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--verbose", action="store_true", help="also show the engines' own logs")
     if method == "cropi":
         ap.add_argument("--method", default="cropi", choices=METHODS)
     args = ap.parse_args(argv)
+    if args.verbose:
+        from cropi.logs import set_verbose
+
+        set_verbose(True)
     try:
         from cropi.model.hub import resolve
 

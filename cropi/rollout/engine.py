@@ -22,7 +22,7 @@ from cropi.data.rewards import score
 
 def engine_env(cfg) -> dict[str, str]:
     """Environment a process needs before it imports vLLM."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}  # log levels: cropi.logs
     if cfg.resources.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.resources.rollout.kv_cache_gib)
     return env
@@ -50,10 +50,12 @@ def make_llm(cfg, model_path: str, seed: int):
         os.environ.setdefault(k, v)
     from vllm import LLM
 
+    from cropi.logs import verbose
+
     r = cfg.resources.rollout
     kwargs = dict(model=str(model_path), dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len,
                   seed=seed, tensor_parallel_size=r.tensor_parallel_size,
-                  worker_extension_cls="cropi.rollout.weight_sync.WeightSyncExtension")
+                  worker_extension_cls="cropi.rollout.weight_sync.WeightSyncExtension", use_tqdm_on_load=verbose())
     if cfg.resources.device == "cpu":
         kwargs["enforce_eager"] = True  # compiled graphs start slower on CPU and gain nothing at this size
     else:

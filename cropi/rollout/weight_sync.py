@@ -10,6 +10,13 @@ its methods with `llm.collective_rpc(name, args=...)`. Two ways in:
   actor writes the trainer's safetensors blob to a file (under /dev/shm) and sends its path.
 On the CPU backend `model.load_weights` breaks the repacked oneDNN layers; the worker's own
 `reload_weights(weights_iterator=...)` reloads and repacks every layer, so we use that.
+
+Each reload logs "RotaryEmbedding: Failed to load weights" (vLLM's layerwise reload, at WARNING).
+It is harmless: the rotary layer's only tensor is its cos/sin cache, computed from the config
+(rope theta, max positions), never trained and not in a Hugging Face state dict, so no sync sends
+it; vLLM then puts the layer's existing cache back (`_place_kernel_tensors`), unchanged. The
+weight-sync tests compare the synced engine's log-probs with the trainer's model, which they
+would not match were the cache lost. cropi.logs keeps the line out of the job log.
 (Do not name a method `update_weights`: it clashes with the worker's own.)
 
 Tied embeddings: a checkpoint (and our sync, which sends each tensor once) has no

@@ -1,0 +1,39 @@
+"""Quiet by default: the job log shows cropi's own lines (a line per stage start and end, progress
+bars for the buffer, influence and training, a line per step) and errors. The engines' chatter
+stays out of it: vLLM's CPU warnings and per-sync "RotaryEmbedding: Failed to load weights",
+transformers' per-load progress bars, FutureWarnings from torch/vLLM internals, C++ warnings.
+
+`--verbose` (any cropi command or ray_jobs entry point) or `CROPI_VERBOSE=1` brings them back.
+The setting travels to every actor through the environment WorkerPool gives it (actor_env).
+"""
+
+from __future__ import annotations
+
+import os
+
+VERBOSE_ENV = "CROPI_VERBOSE"
+
+# Set before an actor imports torch, vLLM or transformers (they read these at import).
+QUIET_ENV = {
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",          # c10 warnings such as vLLM CPU's NUMA binding notice
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",     # transformers' "Loading weights" / "Writing model shards"
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+}
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
+def set_verbose(on: bool) -> None:
+    os.environ[VERBOSE_ENV] = "1" if on else "0"
+
+
+def actor_env() -> dict[str, str]:
+    """Environment variables every cropi actor starts with."""
+    if verbose():
+        return {VERBOSE_ENV: "1"}
+    return {VERBOSE_ENV: "0", **QUIET_ENV}

@@ -14,7 +14,7 @@ TORCH_VERSION := 2.13.0+cpu
 CONFIG ?= configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test base-model bench compare clean
+.PHONY: setup demo test test-all base-model bench compare clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ base-model: setup
 demo: base-model
 	$(PY) -m cropi.cli demo $(CONFIG)
 
+# the suite without the tests marked slow (CI runs this); test-all: every test
 test: base-model
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: base-model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: base-model

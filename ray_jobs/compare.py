@@ -10,6 +10,7 @@ same command skips the arms that finished and resumes the one that died.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -32,8 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
         set_verbose(True)
     try:
+        from ray_jobs.paths import check_job_paths
+
         overrides = list(args.overrides)
-        if not load_config(args.config, overrides).resources.ray_address:
+        cfg = load_config(args.config, overrides)
+        check_job_paths(cfg)
+        overrides += [f"model.path={cfg.model.path}", f"data.reward_fn={cfg.data.reward_fn}"]
+        if not cfg.data.synthetic:
+            overrides += [f"data.train_path={cfg.data.train_path}", f"data.val_paths={json.dumps(cfg.data.val_paths)}"]
+        if not cfg.resources.ray_address:
             overrides.append("resources.ray_address=auto")  # inside a Ray job: join its cluster
         root = run_compare(args.config, overrides, resolve(args.methods), args.seeds,
                            log=lambda *x: print(*x, flush=True))

@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None, method: str = "cropi") -> int:
     try:
         from cropi.model.hub import resolve
 
-        cfg = resolve(load_config(args.config, args.overrides))  # a hub id: resolved here, once
+        from ray_jobs.paths import check_job_paths
+
+        cfg = load_config(args.config, args.overrides)
+        check_job_paths(cfg)  # relative paths inside a job's temporary working dir: refused or made absolute
+        cfg = resolve(cfg)  # a hub id: resolved here, once
         if not cfg.resources.ray_address:
             cfg.resources.ray_address = "auto"  # inside a Ray job: join its cluster
         from cropi.model.loading import check_model_dir

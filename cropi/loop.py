@@ -93,6 +93,14 @@ def _set_aside(idir) -> None:
     idir.rename(old)
 
 
+def _buffer_complete(cfg) -> bool:
+    """The buffer of this config is already built (a resumed run)."""
+    from cropi.store.buffer import buffer_hash, read_manifest
+
+    man = read_manifest(RunPaths.of(cfg).buffer) or {}
+    return bool(man.get("complete")) and man.get("config_hash") == buffer_hash(cfg)
+
+
 def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.data.suite import load_data
     from cropi.influence.actor import run_influence
@@ -140,7 +148,12 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             return out
 
         if method == "cropi" or method in NEEDS_BUFFER:
-            stage("buffer", lambda: build_buffer(cfg))
+            if _buffer_complete(cfg):  # checked again (cheap), but not timed as building it
+                t0 = time.time()
+                build_buffer(cfg, progress=False)
+                log(f"buffer: complete, skipped (checked in {time.time() - t0:.1f} s)")
+            else:
+                stage("buffer", lambda: build_buffer(cfg))
         for m in range(cfg.run.num_phases):
             metrics.gauge("cropi_phase", m)
             if paths.phase_done(m):

@@ -80,7 +80,10 @@ def write_report(run_dir: str | Path) -> Path:
     summaries = [read_json(paths.selection_summary(m), "selection summary") for m in done]
     sel_line = "no influence-guided selection in this run"
     if summaries:
-        plot_selection(paths.selection(done[-1]), summaries, out / "selection.png")
+        from cropi.store.selection import read_selection
+
+        plot_selection(paths.selection(done[-1]), summaries, out / "selection.png",
+                       phase_tables=[read_selection(paths.selection(m)) for m in done])
         sel_line = "![selection](selection.png)"
     lines = [f"# cropi report: {d.name}", "", "```", status, "```", "", "## Validation pass@1", "",
              "| set | first | last |", "| --- | --- | --- |"]

@@ -163,6 +163,9 @@ def test_killed_driver_rerun_finishes_without_duplicates(tiny_model, tmp_path):
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "phase 0: complete, skipped" in rerun.stdout + rerun.stderr
+    assert "buffer: complete, skipped" in rerun.stdout + rerun.stderr
+    events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in events if e.get("event") == "stage"].count("buffer") == 1  # the re-check is not timed
     assert "resumed from DeepSpeed checkpoint step-2" in rerun.stdout + rerun.stderr
     _check_run(tmp_path / "run", 2, 4)
     status = subprocess.run([sys.executable, "-m", "cropi.cli", "status", str(tmp_path / "run")],

@@ -4,7 +4,9 @@ Top row: for each validation set, the histogram of cos(g, v_j) over eligible tra
 stacked: selected in colour on not-selected in grey (zero-gradient prompts have no cosine and are
 left out; their count is in the title). Bottom: the family composition of the selected subset
 per phase as stacked 100% bars, after a first bar for the pool itself, so a drift of the
-curriculum towards some families reads at a glance.
+curriculum towards some families reads at a glance. With every phase's selection given (the run
+report does), a third row draws each phase's fused score over the pool, sorted, with the
+selected prompts marked: how sharply the chosen few stand out, phase by phase.
 
 Uses matplotlib's object API with the Agg canvas: no global backend switch, no display needed.
 """
@@ -74,19 +76,37 @@ def _composition(ax, summaries: list[dict], labels: list[str]) -> None:
     ax.legend(handles[::-1], names[::-1], title="family", fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
 
 
+def _fused(ax, tables: list[pa.Table], labels: list[str]) -> None:
+    for i, (t, lab) in enumerate(zip(tables, labels)):
+        order = np.argsort(-t.column("fused").to_numpy(), kind="stable")
+        fused = t.column("fused").to_numpy()[order]
+        sel = t.column("selected").to_numpy(zero_copy_only=False)[order]
+        x = np.arange(1, len(fused) + 1)
+        ax.plot(x, fused, color=f"C{i % 10}", lw=1.2, label=f"{lab} ({int(sel.sum())} selected)")
+        ax.scatter(x[sel], fused[sel], color=f"C{i % 10}", s=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("rank in the pool (log)")
+    ax.set_ylabel("fused score")
+    ax.set_title("fused score per phase, sorted (dots: selected)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+
+
 def plot_selection(selection: str | Path | pa.Table, summaries: list[dict], out_png: str | Path,
-                   labels: list[str] | None = None) -> Path:
+                   labels: list[str] | None = None, phase_tables: list[pa.Table] | None = None) -> Path:
     """Write the PNG: histograms from one selection (a selection.parquet path, its directory, or
     the table), composition bars from the summaries of every phase so far (oldest first)."""
     if not isinstance(selection, pa.Table):
         selection = read_selection(selection)
     sets = [c.removeprefix("score__") for c in selection.column_names if c.startswith("score__")]
     labels = labels or [phase_label(s, i) for i, s in enumerate(summaries)]
-    fig = Figure(figsize=(max(8.0, 3.6 * len(sets)), 7.5), layout="constrained")
+    rows = 3 if phase_tables else 2
+    fig = Figure(figsize=(max(8.0, 3.6 * len(sets)), 7.5 if rows == 2 else 10.5), layout="constrained")
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2, len(sets), height_ratios=[1, 1.1])
+    gs = fig.add_gridspec(rows, len(sets), height_ratios=[1, 1.1, 1][:rows])
     _histograms(fig, gs, selection, sets)
     _composition(fig.add_subplot(gs[1, :]), summaries, labels)
+    if phase_tables:
+        _fused(fig.add_subplot(gs[2, :]), phase_tables, labels)
     last = summaries[-1]
     fig.suptitle(f"CROPI selection, {labels[-1]}: {last['selected']} of {last['pool_size']} prompts "
                  f"(alpha={last['alpha']}, fusion={last['fusion']}, {last['mode']} scores)", fontsize=11)

@@ -2,6 +2,15 @@
 
     .venv/bin/python benchmarks/selection_pool.py                 # full size, ~1.6 GB of fp16 shards
     .venv/bin/python benchmarks/selection_pool.py --n 20000 --shards 5   # quick look
+    # the 1M-prompt load test (issue 14): projected (7.3 GiB of shards) and exact mode
+    .venv/bin/python benchmarks/selection_pool.py --n 1000000 --shards 250 --skip-in-memory \
+        --out benchmarks/results/selection_pool_1m.json
+    .venv/bin/python benchmarks/selection_pool.py --mode exact --n 1000000 --shards 250 \
+        --out benchmarks/results/selection_pool_1m_exact.json
+
+In exact mode (`--mode exact`) a shard holds each prompt's <g, v_j> per set and ||g|| (what the
+gradient actors write in exact mode), here computed from the same synthetic gradients at a small
+width, and val_targets.json the targets' norms.
 
 Writes a projected-mode influence directory to a temporary folder (50 shards of 4,000 prompts,
 fp16 gradients; 8 families, 4 of which have a validation set of 200 prompts), then times, each in
@@ -39,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from cropi.config import SelectionConfig  # noqa: E402
 from cropi.data.dataset import PromptRow  # noqa: E402
+from cropi.store import influence as store  # noqa: E402
 from tests.support import fake_influence as fake  # noqa: E402
 
 FAMILIES = [f"f{i}" for i in range(8)]
@@ -66,6 +76,28 @@ def generate(d: Path, n: int, k: int, shards: int, dtype: str, seed: int = 0) ->
     for f in VAL_FAMILIES:
         fake.write_val_set(d, f, np.arange(200), np.zeros(200, bool), fake.aligned_gradients([f] * 200, dirs, rng), dtype)
     fake.write_manifest(d, "projected", VAL_FAMILIES, shards, proj_dim=k, note="synthetic benchmark pool")
+
+
+def generate_exact(d: Path, n: int, shards: int, seed: int = 0, width: int = 64) -> None:
+    """Exact-mode shards from the same kind of synthetic gradients (at `width` coordinates): dots
+    with the validation targets and the norms, the columns the exact-mode selector reads."""
+    dirs = fake.family_directions(FAMILIES, width, seed)
+    rng = np.random.default_rng(seed + 1)
+    targets = np.stack([fake.aligned_gradients([f] * 200, dirs, rng).mean(0) for f in VAL_FAMILIES])  # [S, w]
+    per = -(-n // shards)
+    for si in range(shards):
+        ids = np.arange(si * per, min(n, (si + 1) * per))
+        rng = np.random.default_rng(seed + 1000 + si)
+        g = fake.aligned_gradients([_family(i) for i in ids], dirs, rng,
+                                   signal=rng.random((len(ids), 1), dtype=np.float32)).astype(np.float64)
+        zero = rng.random(len(ids)) < 0.05
+        g[zero] = 0
+        dots = g @ targets.T  # [B, S]
+        fake.write_train_shard(d, si, store.shard_table(ids, zero, norm=np.linalg.norm(g, axis=1),
+                                                        dots={s: dots[:, j] for j, s in enumerate(VAL_FAMILIES)}))
+    store.write_val_targets(d, {s: {"num_prompts": 200, "num_used": 100, "norm": float(np.linalg.norm(t))}
+                                for s, t in zip(VAL_FAMILIES, targets)})
+    fake.write_manifest(d, "exact", VAL_FAMILIES, shards, note="synthetic benchmark pool (exact mode)")
 
 
 def _prompts(n: int) -> list[PromptRow]:
@@ -118,7 +150,7 @@ def child(mode: str, d: Path, n: int, out: Path) -> dict:
         m = reader.read_manifest(d)
         rows = 0
         for p in m.train_paths():
-            for ids, _, (g,) in reader.iter_train_batches(p, m, reader.default_batch_rows(m)):
+            for ids, _, _payload in reader.iter_train_batches(p, m, reader.default_batch_rows(m)):
                 rows += len(ids)
         res = {"rows": rows}
     elif mode == "in_memory":
@@ -181,6 +213,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ap.add_argument("--dir", default="", help="Where to write the shards (default: a temporary folder, removed after).")
     ap.add_argument("--skip-in-memory", action="store_true")
+    ap.add_argument("--mode", default="projected", choices=["projected", "exact"],
+                    help="the influence store to select from (exact: dots and norms; no in-memory run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "selection_pool.json"))
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -193,13 +227,17 @@ def main() -> None:
     inf = work / "influence"
     try:
         t0 = time.perf_counter()
-        generate(inf, args.n, args.k, args.shards, args.dtype)
+        if args.mode == "exact":
+            generate_exact(inf, args.n, args.shards)
+        else:
+            generate(inf, args.n, args.k, args.shards, args.dtype)
         gen_s = time.perf_counter() - t0
         disk = sum(p.stat().st_size for p in inf.rglob("*.parquet"))
-        print(f"generated {args.n} x {args.k} {args.dtype} in {args.shards} shards: {disk / 2**30:.2f} GiB, {gen_s:.0f} s",
+        print(f"generated {args.n} prompts ({args.mode}) in {args.shards} shards: {disk / 2**30:.2f} GiB, {gen_s:.0f} s",
               flush=True)
         runs = {}
-        for mode in ["streamed", "read_only"] + ([] if args.skip_in_memory else ["in_memory"]):
+        skip_mem = args.skip_in_memory or args.mode == "exact"
+        for mode in ["streamed", "read_only"] + ([] if skip_mem else ["in_memory"]):
             load = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--child", mode, "--dir", str(inf), "--n", str(args.n)]
             r = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -207,14 +245,15 @@ def main() -> None:
             print(mode, runs[mode], flush=True)
         st = runs["streamed"]
         result = {
-            "benchmark": "selection_pool", "n_prompts": args.n, "proj_dim": args.k, "num_shards": args.shards,
+            "benchmark": "selection_pool", "mode": args.mode, "n_prompts": args.n,
+            "proj_dim": args.k if args.mode == "projected" else None, "num_shards": args.shards,
             "grad_dtype": args.dtype, "num_sets": len(VAL_FAMILIES), "val_prompts_per_set": 200,
             "selection": {"alpha": 0.1, "fusion": "rrf", "k_rrf": 60.0, "max_val_grads": 100},
             "shard_bytes_gib": round(disk / 2**30, 3), "generate_s": round(gen_s, 1),
             "runs": runs,
             "streamed_prompts_per_s": round(args.n / st["seconds"]),
             "streamed_gib_per_s": round(disk / 2**30 / st["seconds"], 3),
-            "writer": writer_dictionary_effect(inf),
+            "writer": writer_dictionary_effect(inf) if args.mode == "projected" else None,
             "streamed_equals_in_memory": (runs["in_memory"]["selection_digest"] == st["selection_digest"])
             if "in_memory" in runs else None,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,

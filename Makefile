@@ -14,7 +14,7 @@ TORCH_VERSION := 2.13.0+cpu
 CONFIG ?= configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all base-model bench compare clean
+.PHONY: setup demo test test-all faults base-model bench compare clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: base-model
 
 test-all: base-model
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# fault injection: kill a gradient actor / a trainer rank mid-phase, the run recovers by itself
+faults: base-model
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 bench: base-model
 	$(PY) -m benchmarks.run_all

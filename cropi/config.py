@@ -85,6 +85,7 @@ class RunConfig:
     seed: int = _f(0, "Root seed; every other seed is derived from it (cropi/seeds.py), never global state.")
     num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1)
     trackers: list = _f([], "Experiment trackers that also get every step's metrics, each phase's selection summary and the report's plots (metrics.jsonl and train_metrics.jsonl are always written): tensorboard (RUN_DIR/tensorboard) | wandb (pip install wandb; WANDB_MODE=offline works without an account).", choices=("tensorboard", "wandb"), input=False)
+    max_stage_retries: int = _f(1, "Times a training stage whose trainer rank or rollout engine died is redone within the same job: new ranks and engines, resumed from the phase's last DeepSpeed checkpoint (each attempt is a stage_retry event in metrics.jsonl). 0: the command fails and a rerun resumes.", min=0, input=False)
     wandb_project: str = _f("cropi", "W&B project (run.trackers: [wandb]); the W&B run id is derived from the run directory, so a resumed run continues the same W&B run.", input=False)
 
     def check(self) -> None:
@@ -239,6 +240,7 @@ class InfluenceResources:
     num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).", min=1)
     num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0)
     num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0)
+    max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor and retries its shard (its tasks are stateless) before the command fails.", min=0)
 
 
 @dataclass

@@ -16,3 +16,8 @@ class ConfigError(CropiError):
 
 class DataError(CropiError):
     """A dataset file or row is malformed."""
+
+
+class WorkerDied(CropiError):
+    """A stage's actor died (a killed process, a lost node) beyond what Ray restarted: the stage
+    can be redone from what it saved (cropi.loop retries training within the job)."""

@@ -52,7 +52,7 @@ import time
 
 
 from cropi.data.dataset import PromptRow
-from cropi.errors import CropiError
+from cropi.errors import CropiError, WorkerDied
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 METHODS = ("cropi", "full", "random", "filtered", "difficulty")
@@ -133,6 +133,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
         keep.callback(metrics.close)
         trackers = Trackers(cfg, paths.root)
         keep.callback(trackers.close)
+        keep.callback(lambda: services is not None and services.close())
 
         def on_step(m: dict) -> None:
             metrics.on_step(m)
@@ -187,10 +188,24 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
 
             def train():
                 nonlocal services
-                if cfg.trainer.keep_alive and services is None:  # started inside the stage: its time counts there
-                    services = keep.enter_context(TrainingServices(cfg, start))
-                return run_phase(cfg, m, cfg.trainer.steps_per_phase, pool, selected_ids(paths.selection(m)), val,
-                                 start, log, on_step=on_step, services=services)
+                retries = cfg.run.max_stage_retries
+                for attempt in range(retries + 1):
+                    try:
+                        if cfg.trainer.keep_alive and services is None:  # started inside the stage: its time counts there
+                            services = TrainingServices(cfg, start)
+                        return run_phase(cfg, m, cfg.trainer.steps_per_phase, pool, selected_ids(paths.selection(m)),
+                                         val, start, log, on_step=on_step, services=services)
+                    except WorkerDied as e:
+                        if attempt == retries:
+                            raise
+                        # a dead rank or engine: new ones, resumed from the phase's last DeepSpeed checkpoint
+                        metrics.event("stage_retry", phase=m, stage="train", attempt=attempt + 1, of=retries,
+                                      error=str(e))
+                        log(f"phase {m}: {e.args[0].split(';')[0]}; redoing the training stage in this job "
+                            f"(attempt {attempt + 1} of {retries}) from its last DeepSpeed checkpoint")
+                        if services is not None:
+                            services.close()
+                            services = None
 
             summary = stage("train", train, m)
             if services is not None:

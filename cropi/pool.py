@@ -74,7 +74,9 @@ class WorkerPool:
             self.placement = None
 
     def _died(self, e: Exception, item: Any, describe: Callable[[Any], str]) -> CropiError:
-        return CropiError(f"{self.what}: a worker died while working on {describe(item)} ({type(e).__name__}); "
+        from cropi.errors import WorkerDied
+
+        return WorkerDied(f"{self.what}: a worker died while working on {describe(item)} ({type(e).__name__}); "
                           + self.on_death)
 
     def map(self, call: Callable[[Any, Any], Any], items: Sequence, on_done: Callable[[Any, Any], None] | None = None,

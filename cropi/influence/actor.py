@@ -110,7 +110,8 @@ def gradient_pool(cfg, checkpoint: str, phase: int):
 
     r = cfg.resources.influence
     return WorkerPool(GradientActor, lambda i: (cfg, checkpoint), count=r.num_actors, cpus=r.num_cpus, gpus=r.num_gpus,
-                      what=f"phase {phase} influence", name=f"cropi-gradient-{phase}")
+                      what=f"phase {phase} influence", name=f"cropi-gradient-{phase}",
+                      options={"max_restarts": r.max_restarts, "max_task_retries": r.max_restarts})
 
 
 def run_influence(cfg, phase: int, log=print) -> dict:

@@ -69,6 +69,10 @@ def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **
     from cropi.rollout.engine import actor_options
 
     r = cfg.resources.rollout
+    # Not restarted by Ray: an engine restarted in place would come back with model_path's weights,
+    # not the ones synced since, and sample from a stale policy. Its death ends the training stage,
+    # which cropi.loop redoes from the last DeepSpeed checkpoint with new engines (run.max_stage_retries).
+    options = {**actor_options(cfg), "max_restarts": 0, "max_task_retries": 0}
     return WorkerPool(RolloutEngine, lambda i: (cfg, model_path, i), count=cfg.train_engines(), cpus=r.num_cpus,
                       gpus=r.num_gpus, what=f"{tag} rollout engines", name=f"cropi-rollout-{tag}",
-                      options=actor_options(cfg), placement=placement, bundles=bundles, **kw)
+                      options=options, placement=placement, bundles=bundles, **kw)

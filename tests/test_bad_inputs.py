@@ -237,6 +237,9 @@ TABLE = {
     "corrupt run.json": _run_dir_case(lambda r: (r / "run.json").write_text("{torn"), culprit="run.json"),
     "another method's run": _run_dir_case(lambda r: (r / "run.json").write_text(json.dumps({"method": "random"})),
                                           culprit="holds a 'random' run"),
+    "buffer shards without a manifest": _run_dir_case(
+        lambda r: ((r / "buffer" / "train").mkdir(parents=True), (r / "buffer" / "train" / "shard-00000.parquet").write_bytes(b"x")),
+        cmd="rollout", culprit="holds shards but no manifest.json"),
     "status of a non-run directory": _run_dir_case(lambda r: (r / "x.txt").write_text("x"), cmd="status",
                                                    culprit="not a cropi run directory"),
 }

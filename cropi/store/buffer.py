@@ -101,6 +101,9 @@ def claim_buffer(cfg, specs: list[ShardSpec]) -> Path:
     if manifest is not None and manifest.get("config_hash") != want:
         raise CropiError(f"buffer {bdir} was built with a different config (hash {manifest.get('config_hash')} "
                          f"!= {want}); use another run.dir or delete {bdir}")
+    if manifest is None and any(bdir.rglob(SHARD_GLOB)):
+        raise CropiError(f"buffer {bdir} holds shards but no manifest.json, so which config built them cannot be "
+                         f"told; delete {bdir} to rebuild it (or restore its manifest.json)")
     if manifest is None:
         splits: dict[str, dict] = {}
         for s in specs:

@@ -145,7 +145,9 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             dt = time.time() - t0
             timings[name if phase is None else f"phase{phase}/{name}"] = round(dt, 2)
             metrics.gauge("cropi_stage_seconds", dt, phase="none" if phase is None else phase, stage=name)
-            metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2))
+            startup = out.get("startup_seconds") if isinstance(out, dict) else None
+            metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2),
+                          **({"startup_seconds": round(min(float(startup), dt), 2)} if startup is not None else {}))
             return out
 
         if method == "cropi" or method in NEEDS_BUFFER:

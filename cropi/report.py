@@ -47,8 +47,11 @@ def _timings(paths: RunPaths, out: Path) -> dict:
     stages: dict[tuple, float] = {}
     for e in read_jsonl(paths.metrics):
         if e.get("event") == "stage":
-            key = ("all" if e["phase"] is None else f"phase-{e['phase']}", e["stage"])
-            stages[key] = stages.get(key, 0.0) + e["seconds"]
+            group = "all" if e["phase"] is None else f"phase-{e['phase']}"
+            up = float(e.get("startup_seconds") or 0.0)  # actors starting, models loading: not the stage's work
+            if up:
+                stages[group, f"{e['stage']} start-up"] = stages.get((group, f"{e['stage']} start-up"), 0.0) + up
+            stages[group, e["stage"]] = stages.get((group, e["stage"]), 0.0) + e["seconds"] - up
     groups = sorted({g for g, _ in stages}, key=lambda g: (g != "all", g))
     names = sorted({s for _, s in stages})
     fig = Figure(figsize=(8, 4))

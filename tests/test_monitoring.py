@@ -85,3 +85,18 @@ def test_gauges_take_exactly_their_labels_and_are_refreshed(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists() is False  # gauges only; events go to metrics.jsonl
     m.event("stage", stage="train")
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["stage"] == "train"
+
+
+def test_report_timings_separate_start_up_from_work(tmp_path):
+    from cropi.report import _timings
+    from cropi.store.files import append_jsonl
+    from cropi.store.paths import RunPaths
+
+    paths = RunPaths(tmp_path)
+    for e in [{"event": "stage", "stage": "buffer", "phase": None, "seconds": 50.0},
+              {"event": "stage", "stage": "influence", "phase": 0, "seconds": 20.0, "startup_seconds": 8.0},
+              {"event": "stage", "stage": "train", "phase": 0, "seconds": 30.0, "startup_seconds": 12.5}]:
+        append_jsonl(e, paths.metrics)
+    t = _timings(paths, tmp_path / "t.png")
+    assert t == {"all/buffer": 50.0, "phase-0/influence": 12.0, "phase-0/influence start-up": 8.0,
+                 "phase-0/train": 17.5, "phase-0/train start-up": 12.5}

@@ -140,6 +140,7 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     shards = live_train_shards(cfg, phase)
     with gradient_pool(cfg, ckpt, phase) as pool:
         covered = pool.each(lambda a: a.coverage.remote())[0]
+        startup = time.time() - t0  # the actors are up, their model loaded: the rest is work
         val_ref = None
         if inf.mode == "exact":
             chosen = {s: val_target_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed) for s in sets}
@@ -176,6 +177,6 @@ def run_influence(cfg, phase: int, log=print) -> dict:
                          grad_dtype=inf.grad_dtype, zero_grad_prompts=int(zero.sum()),
                          refreshed_prompts=refreshed["prompts"] if refreshed else 0, kl_drift=drift,
                          kl_stale_threshold=inf.kl_stale_threshold, buffer_stale=drift > inf.kl_stale_threshold,
-                         rebuffered_at=rebuffered,
+                         rebuffered_at=rebuffered, startup_seconds=round(startup, 2),
                          seconds=round(time.time() - t0, 2))
     return read_json(store.manifest_path(idir), "influence manifest")

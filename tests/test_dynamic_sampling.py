@@ -45,6 +45,7 @@ def test_cap_stops_with_a_short_batch_or_none():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # minutes: `make test-all` (CI runs the rest)
 def test_phase_with_dynamic_sampling_trains_only_varied_groups_within_its_cap(tiny_model, tmp_path):
     from tests.test_trainer import _select_family, _train_args
 

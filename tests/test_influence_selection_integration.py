@@ -99,6 +99,7 @@ def test_projected_mode_agrees_with_exact_mode(add_only_run):
     assert len(chosen) == len(live) > 0
 
 
+@pytest.mark.slow  # minutes: `make test-all` (CI runs the rest)
 def test_refreshing_zero_gradient_prompts(add_only_run):
     """Beyond the paper: zero-gradient prompts are re-rolled with theta_M and can be selected again."""
     from cropi.data.suite import load_data

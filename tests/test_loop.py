@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,7 +83,8 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         submit = [str(BIN / "ray"), "job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(ROOT), "--",
                   sys.executable, "-m", "ray_jobs.cropi_loop", "--config", "configs/tiny-cpu.yaml",
                   *_sets(_small(tmp_path, 1, 2) + ["run.trackers=[tensorboard]"])]
-        subprocess.run(submit, env=jenv, check=True, capture_output=True, text=True, timeout=180)
+        sub = subprocess.run(submit, env=jenv, capture_output=True, text=True, timeout=180)
+        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-3000:]
         from ray.job_submission import JobSubmissionClient
 
         client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
@@ -94,7 +96,7 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
                 lines = [ln for ln in text.splitlines() if "cropi_" in ln and not ln.startswith("#")]
                 scrapes.append({ln.split("{")[0] for ln in lines})
                 seen_metrics |= scrapes[-1]
-                empty_labels += [ln for ln in lines if '=""' in ln]
+                empty_labels += [ln for ln in lines if re.search(r'[{,](run|set|stage|phase)=""', ln)]  # ours, not Ray's
             except OSError:
                 pass
             if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
@@ -139,6 +141,7 @@ def _logged(run: Path, phases: int) -> dict:
     return out
 
 
+@pytest.mark.slow  # minutes: `make test-all` (CI runs the rest)
 def test_killed_driver_rerun_finishes_without_duplicates(tiny_model, tmp_path):
     """Kill the driver (and its local Ray) inside phase 1's GRPO steps, where the engines and ranks
     kept alive since phase 0 serve it; the rerun resumes mid-phase and logs what an undisturbed run

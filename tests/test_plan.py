@@ -49,7 +49,7 @@ def test_the_paper_config_fits_on_80gb_and_a_larger_budget_is_refused(qwen_dir):
 def test_cli_run_refuses_before_launching(qwen_dir, tmp_path, capsys):
     from cropi.cli import main
 
-    (qwen_dir / "model.safetensors").write_bytes(b"")  # a checkpoint directory in form; nothing loads it
+    (qwen_dir / "model.safetensors").write_bytes(len(b"{}").to_bytes(8, "little") + b"{}")  # in form, no tensors
     args = ["run", "configs/qwen2.5-1.5b-8gpu.yaml", "--set", f"model.path={qwen_dir}", "--set",
             f"run.dir={tmp_path / 'run'}", "--set", "trainer.logits_chunk_tokens=200000"]
     assert main(args) == 2

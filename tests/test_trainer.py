@@ -157,6 +157,7 @@ def _train_args(tmp_path, sel, *sets):
             "--selection", str(sel), *[a for s in extra for a in ("--set", s)]]
 
 
+@pytest.mark.slow  # minutes: `make test-all` (CI runs the rest)
 def test_short_run_raises_targeted_family_likelihood(tiny_model, tmp_path):
     sel = _select_family(tmp_path, "add")
     run = subprocess.run(_train_args(tmp_path, sel, "trainer.eval_every=40") + ["--steps", "40"],

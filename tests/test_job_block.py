@@ -27,6 +27,8 @@ def test_block_is_in_the_readme():
 
 
 def test_readme_job_block_runs_as_written(tiny_model):
+    # The block ends in `ray stop`, which stops every Ray on the machine, as it would for the user:
+    # this test (slow, not in CI) must not run beside another Ray run.
     run = ROOT / "runs" / "job"
     subprocess.run(["bash", "-c", "ray stop --force"], env={**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"},
                    capture_output=True, timeout=120)

@@ -35,6 +35,27 @@ def _small(tmp: Path, phases: int, steps: int) -> list[str]:
             "trainer.save_every=2", "selection.alpha=0.25", "selection.max_val_grads=3"]
 
 
+def _stop_head(temp_dir: Path) -> None:
+    """Stop the head this test started, and only it: `ray stop` would kill every Ray on the
+    machine (another run's, another test suite's). Its processes name its --temp-dir; the
+    workers are their children."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(str(temp_dir) in c for c in (p.info["cmdline"] or [])):
+            try:
+                procs += [p, *p.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def _sets(overrides):
     return [a for s in overrides for a in ("--set", s)]
 
@@ -126,7 +147,7 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
         gaps = [i for i in range(with_phase[0], with_phase[-1]) if "ray_cropi_phase" not in scrapes[i]]
         assert not gaps, f"ray_cropi_phase missing from scrapes {gaps} of {len(scrapes)}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_head(tmp)
 
 
 def _logged(run: Path, phases: int) -> dict:

@@ -78,11 +78,10 @@ def test_buffer_with_two_workers_is_correct(tiny_model, tmp_path):
         build_buffer(small_cfg(tmp_path, "rollout.k_train=5"), progress=False)
 
 
-def _worker_pids():
-    import psutil
+def _worker_pids(root_pid: int):
+    from tests.support.procs import actor_pids
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("BufferWriter" in c for c in (p.info["cmdline"] or []))]
+    return actor_pids("BufferWriter", root_pid)
 
 
 def test_killed_worker_then_rerun_completes_exactly_once(tiny_model, tmp_path):
@@ -95,7 +94,7 @@ def test_killed_worker_then_rerun_completes_exactly_once(tiny_model, tmp_path):
     while time.time() < deadline and not list(train_dir.glob("shard-*.parquet")):
         time.sleep(0.2)
     assert list(train_dir.glob("shard-*.parquet")), "no shard was written in time"
-    pids = _worker_pids()
+    pids = _worker_pids(proc.pid)
     assert pids
     for pid in pids:
         os.kill(pid, 9)

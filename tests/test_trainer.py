@@ -194,11 +194,10 @@ def _answer_loglik(model_dir, family: str) -> float:
         return float(response_logprobs(model, ids, attn, target).sum(1).mean())
 
 
-def _rank_pids():
-    import psutil
+def _rank_pids(root_pid: int):
+    from tests.support.procs import actor_pids
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("TrainerRank" in c for c in (p.info["cmdline"] or []))]
+    return actor_pids("TrainerRank", root_pid)
 
 
 def test_killed_trainer_rank_resumes_from_deepspeed_checkpoint(tiny_model, tmp_path):
@@ -211,7 +210,7 @@ def test_killed_trainer_rank_resumes_from_deepspeed_checkpoint(tiny_model, tmp_p
     while time.time() < deadline and not (latest.is_file() and latest.read_text().strip() == "step-4"):
         time.sleep(0.1)
     assert latest.is_file(), "no DeepSpeed checkpoint in time"
-    for pid in _rank_pids()[:1]:
+    for pid in _rank_pids(proc.pid)[:1]:
         os.kill(pid, 9)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "resume from the last DeepSpeed checkpoint" in out, out[-3000:]

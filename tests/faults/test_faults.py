@@ -26,10 +26,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _pids(actor: str) -> list[int]:
-    import psutil
+def _pids(actor: str, root_pid: int) -> list[int]:
+    from tests.support.procs import actor_pids
 
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if any(actor in c for c in (p.info["cmdline"] or []))]
+    return actor_pids(actor, root_pid)
 
 
 def _small(tmp: Path) -> list[str]:
@@ -54,9 +54,9 @@ def test_killed_gradient_actor_is_restarted_and_its_shard_retried(tiny_model, tm
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     train_dir = tmp_path / "run" / "phase-0" / "influence" / "train"
     after = rng.randint(1, 6)  # shards written before the kill (of 12)
-    _wait(lambda: train_dir.is_dir() and len(list(train_dir.glob("*.parquet"))) >= after and _pids("GradientActor"),
+    _wait(lambda: train_dir.is_dir() and len(list(train_dir.glob("*.parquet"))) >= after and _pids("GradientActor", proc.pid),
           600, proc)
-    os.kill(_pids("GradientActor")[0], 9)
+    os.kill(_pids("GradientActor", proc.pid)[0], 9)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     ids = [r["prompt_id"] for p in sorted(train_dir.glob("*.parquet"))
@@ -71,7 +71,7 @@ def test_killed_trainer_rank_is_recovered_within_the_job(tiny_model, tmp_path):
     metrics = tmp_path / "run" / "phase-0" / "train_metrics.jsonl"
     at = rng.randint(2, 4)  # steps logged before the kill (a checkpoint every 2)
     _wait(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= at + 1, 900, proc)
-    os.kill(_pids("TrainerRank")[-1], 9)
+    os.kill(_pids("TrainerRank", proc.pid)[-1], 9)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     assert "redoing the training stage in this job (attempt 1 of 1)" in out
@@ -89,6 +89,6 @@ def test_no_retry_when_configured_off(tiny_model, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "run" / "phase-0" / "train_metrics.jsonl"
     _wait(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, 900, proc)
-    os.kill(_pids("TrainerRank")[-1], 9)
+    os.kill(_pids("TrainerRank", proc.pid)[-1], 9)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 2 and "rerun the same command to resume" in out, out[-3000:]

@@ -42,7 +42,7 @@ def check_job_paths(cfg) -> None:
     """Refuse or absolutise the config's relative paths when running as a job with a working_dir."""
     if job_working_dir() is None:
         return
-    from cropi.model.hub import looks_like_hub_id
+    from cropi.model.hub import cached_snapshot, looks_like_hub_id
 
     outputs = [("run.dir", cfg.run.dir)] + ([("data.data_dir", cfg.data.data_dir)] if cfg.data.synthetic else [])
     for field, value in outputs:
@@ -59,7 +59,7 @@ def check_job_paths(cfg) -> None:
                       + (", and no hub id of that name is in the Hugging Face cache" if field == "model.path" else "")
                       + ")", f"/abs/path/{value}")
 
-    if not (looks_like_hub_id(cfg.model.path) and _in_hf_cache(cfg.model.path, cfg.model.revision)):
+    if not (looks_like_hub_id(cfg.model.path) and cached_snapshot(cfg.model.path, cfg.model.revision or None)):
         cfg.model.path = input_path("model.path", cfg.model.path)  # 'org/name' not cached: a path, or a typo
     if not cfg.data.synthetic:
         cfg.data.train_path = input_path("data.train_path", cfg.data.train_path)
@@ -68,12 +68,3 @@ def check_job_paths(cfg) -> None:
     if mod.endswith(".py"):
         cfg.data.reward_fn = input_path("data.reward_fn", mod) + ":" + cfg.data.reward_fn.rsplit(":", 1)[1]
 
-
-def _in_hf_cache(repo: str, revision: str = "") -> bool:
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(repo, revision=revision or None, local_files_only=True)
-        return True
-    except Exception:
-        return False

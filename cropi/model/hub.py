@@ -25,6 +25,16 @@ def looks_like_hub_id(path: str) -> bool:
     return not p.exists() and not p.parent.is_dir()
 
 
+def cached_snapshot(repo: str, revision: str | None = None) -> str | None:
+    """The local snapshot directory of a hub id in the Hugging Face cache, or None (no network)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, revision=revision, local_files_only=True)
+    except Exception:  # not in the cache (or an incomplete entry)
+        return None
+
+
 def resolve_model_path(path: str, revision: str | None = None) -> str:
     """A local checkpoint directory for `path`: itself, or the cached (else downloaded) hub snapshot."""
     if not looks_like_hub_id(path):
@@ -32,15 +42,14 @@ def resolve_model_path(path: str, revision: str | None = None) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    try:
-        return snapshot_download(path, revision=revision, local_files_only=True)
-    except Exception as cached_err:  # not in the cache (or an incomplete entry)
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        if offline:
-            raise CropiError(f"model.path {path!r} is not a local directory, and the Hugging Face cache "
-                             f"({HF_HUB_CACHE}) has no snapshot of it ({type(cached_err).__name__}) while "
-                             "HF_HUB_OFFLINE is set: download it where there is a network "
-                             f"(`huggingface-cli download {path}`) into that cache, or give a local path") from None
+    cached = cached_snapshot(path, revision)
+    if cached is not None:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise CropiError(f"model.path {path!r} is not a local directory, and the Hugging Face cache "
+                         f"({HF_HUB_CACHE}) has no snapshot of it while HF_HUB_OFFLINE is set: download it "
+                         f"where there is a network (`huggingface-cli download {path}`) into that cache, "
+                         "or give a local path") from None
     try:
         return snapshot_download(path, revision=revision)
     except Exception as e:

@@ -20,6 +20,7 @@ and the optimizer is not called.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -127,7 +128,7 @@ def grpo_step(acc: Accumulator, ref, shard: dict, tcfg, global_norm: float, worl
         acc.step()
         gn = float(acc.grad_norm())
         out.update(grad_norm=gn, skipped_step=0)
-        if gn != gn or gn in (float("inf"), float("-inf")):  # non-finite only in backward: ZeRO 1-2 skipped it
+        if not math.isfinite(gn):  # non-finite only in backward: ZeRO 1-2 skipped it
             out.update(skipped_step=1, nonfinite={"what": "gradient", "prompt_ids": sorted(set(rows))})
     out["train_seconds"] = t_train + time.time() - t0
     return out

@@ -4,6 +4,7 @@ test_loop.py::test_ray_job_submit_to_local_head."""
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -30,32 +31,48 @@ def read_tensorboard(log_dir: Path):
     return scalars, {t: len(acc.Images(t)) for t in tags["images"]}
 
 
-def read_wandb_offline(run_dir: Path) -> list:
+def read_wandb_offline(run_dir: Path, sessions: int, wait_s: float = 60.0) -> list:
     """Every record of the offline runs under RUN_DIR/wandb (LevelDB-log framing: 32 KiB blocks of
-    [crc32, length, type] chunks after a 7-byte header), as wandb protobuf Records."""
+    [crc32, length, type] chunks after a 7-byte header), as wandb protobuf Records. `run.finish()`
+    can return before W&B's service has written the last records, so this waits until SESSIONS
+    files each end with their exit record."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        per_file = [_wandb_records(f) for f in files]
+        done = [recs for recs in per_file if recs and recs[-1].WhichOneof("record_type") == "exit"]
+        if len(done) == sessions == len(files) or time.monotonic() > deadline:
+            assert len(done) == sessions == len(files), f"{len(files)} run files, {len(done)} complete"
+            return [r for recs in per_file for r in recs]
+        time.sleep(0.2)
+
+
+def _wandb_records(f: Path) -> list:
     from wandb.proto import wandb_internal_pb2
 
     records = []
-    for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        raw, pos, buf = f.read_bytes(), 7, b""
-        assert raw[:4] == b":W&B"
-        while pos + 7 <= len(raw):
-            left = 32768 - pos % 32768
-            if left < 7:
-                pos += left
-                continue
-            _, n, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-            if n == 0 and kind == 0:
-                pos += left
-                continue
-            data, pos = raw[pos + 7:pos + 7 + n], pos + 7 + n
-            if kind in (1, 4):
-                data, buf = buf + data, b""
-                rec = wandb_internal_pb2.Record()
-                rec.ParseFromString(data)
-                records.append(rec)
-            else:
-                buf += data
+    raw, pos, buf = f.read_bytes(), 7, b""
+    if raw[:4] != b":W&B":
+        return records
+    while pos + 7 <= len(raw):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if n == 0 and kind == 0:
+            pos += left
+            continue
+        if pos + 7 + n > len(raw):  # a record still being written
+            break
+        data, pos = raw[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):
+            data, buf = buf + data, b""
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(data)
+            records.append(rec)
+        else:
+            buf += data
     return records
 
 
@@ -104,8 +121,13 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config(None, ["run.trackers=[wandb]", "trainer.steps_per_phase=5", "run.wandb_project=cropi-test"])
     _drive(cfg, tmp_path)
+    # W&B names an offline run's folder by the start time to the second: a resume in the same second
+    # would overwrite the first session's file (no real resume is that quick), so wait for the next one.
+    t0 = int(time.time())
+    while int(time.time()) == t0:
+        time.sleep(0.05)
     _drive(cfg, tmp_path)  # a resumed run: the same W&B run id
-    recs = read_wandb_offline(tmp_path)
+    recs = read_wandb_offline(tmp_path, sessions=2)
     runs = {(r.run.run_id, r.run.project) for r in recs if r.WhichOneof("record_type") == "run"}
     assert len(runs) == 1 and next(iter(runs))[1] == "cropi-test"
     hist = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}

@@ -19,7 +19,9 @@ import torch
 
 from cropi.config import load_config
 
-pytestmark = pytest.mark.integration
+# a whole two-phase run (about 4 min): `make test-all`; CI keeps the tied-embedding weight-sync test
+# (test_weight_sync.py) as its sample of the Qwen2 path
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ from cropi.errors import CropiError
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # 70 s of a real run: `make test-all`; CI keeps test_store.py::test_a_begun_phase_refuses_a_changed_config_and_names_the_fields
 def test_rerun_with_a_changed_selection_is_refused_not_silently_kept(tiny_model, tmp_path):
     from cropi.loop import run_loop
 

@@ -200,6 +200,7 @@ def _rank_pids(root_pid: int):
     return actor_pids("TrainerRank", root_pid)
 
 
+@pytest.mark.slow  # 2 min: `make test-all`/`make faults`; CI keeps the killed rollout worker and the NaN-rank tests
 def test_killed_trainer_rank_resumes_from_deepspeed_checkpoint(tiny_model, tmp_path):
     sel = _select_family(tmp_path, "mul")
     args = _train_args(tmp_path, sel, "trainer.save_every=4", "trainer.eval_every=100", "trainer.eval_samples=1") + [

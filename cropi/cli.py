@@ -290,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     except CropiError as e:
         print(f"cropi: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from cropi.errors import STORAGE_ERRNOS
+
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"cropi: error: {e.filename or 'a file'}: {e.strerror} (errno {e.errno}); free the space (or fix the "
+              "permission) and rerun the same command to resume", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

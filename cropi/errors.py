@@ -21,3 +21,19 @@ class DataError(CropiError):
 class WorkerDied(CropiError):
     """A stage's actor died (a killed process, a lost node) beyond what Ray restarted: the stage
     can be redone from what it saved (cropi.loop retries training within the job)."""
+
+
+class StorageError(CropiError):
+    """Writing a run file failed in the file system (no space left, quota, read-only, permission):
+    the file named was not written and earlier outputs are whole; a rerun resumes once it is fixed."""
+
+
+# errno values that mean "the disk, not the program": reported as StorageError, without a traceback
+STORAGE_ERRNOS = frozenset({28, 122, 27, 30, 13})  # ENOSPC, EDQUOT, EFBIG, EROFS, EACCES
+
+
+def storage_error(e: OSError, path) -> StorageError:
+    """A StorageError for OSError E met while writing PATH."""
+    return StorageError(f"could not write {path}: {e.strerror or e} (errno {e.errno}); nothing half-written was kept "
+                        "there and earlier outputs are whole: free the space (or fix the permission) and rerun "
+                        "the same command to resume")

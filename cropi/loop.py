@@ -153,10 +153,10 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
         if method == "cropi" or method in NEEDS_BUFFER:
             if _buffer_complete(cfg):  # checked again (cheap), but not timed as building it
                 t0 = time.time()
-                build_buffer(cfg, progress=False)
+                build_buffer(cfg, progress=False, log=log)
                 log(f"buffer: complete, skipped (checked in {time.time() - t0:.1f} s)")
             else:
-                stage("buffer", lambda: build_buffer(cfg))
+                stage("buffer", lambda: build_buffer(cfg, log=log))
         for m in range(cfg.run.num_phases):
             metrics.gauge("cropi_phase", m)
             if paths.phase_done(m):

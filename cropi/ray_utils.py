@@ -52,7 +52,7 @@ def get(refs):
     names the row or file), not wrapped in a RayTaskError traceback."""
     import ray
 
-    from cropi.errors import CropiError
+    from cropi.errors import STORAGE_ERRNOS, CropiError, StorageError
 
     try:
         return ray.get(refs)
@@ -60,4 +60,7 @@ def get(refs):
         cause = getattr(e, "cause", None)
         if isinstance(cause, CropiError):
             raise type(cause)(str(cause)) from None
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # e.g. DeepSpeed saving to a full disk
+            raise StorageError(f"{cause.filename or 'a file'}: {cause.strerror} (errno {cause.errno}), in an actor; "
+                               "free the space and rerun the same command to resume") from None
         raise

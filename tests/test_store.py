@@ -119,3 +119,60 @@ def test_run_paths_list_phases_in_numeric_order(tmp_path):
     assert RunPaths(tmp_path).phases() == [0, 2, 10]
     assert not RunPaths(tmp_path).phase_done(0)
     np.testing.assert_equal(RunPaths(tmp_path).selection(2), tmp_path / "phase-2" / "selection.parquet")
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from cropi.errors import StorageError
+
+    target = tmp_path / "shard-00000.parquet"
+    target.write_text("old")
+
+    def fill_then_fail(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half of it")
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+    with pytest.raises(StorageError, match=r"could not write .*shard-00000\.parquet: No space left on device \(errno 28\)"):
+        files.atomic_write(target, fill_then_fail)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["shard-00000.parquet"]
+    with pytest.raises(StorageError, match=r"could not write .*ckpt"):
+        with files.atomic_dir(tmp_path / "ckpt") as d:
+            (d / "a").write_text("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.parquet"]
+
+
+def test_append_after_a_torn_line_cuts_it_off(tmp_path):
+    log = tmp_path / "m.jsonl"
+    log.write_text('{"step": 0}\n{"step": 1, "lo')  # a process killed mid-append
+    files.append_jsonl({"step": 1}, log)
+    assert log.read_text() == '{"step": 0}\n{"step": 1}\n'
+    log.write_text('{"step": 0')  # torn with no line before it
+    files.append_jsonl({"step": 0}, log)
+    assert files.read_jsonl(log) == [{"step": 0}]
+    files.append_jsonl({"step": 1}, log)  # a whole last line is kept
+    assert files.read_jsonl(log) == [{"step": 0}, {"step": 1}]
+
+
+def test_damaged_shards_are_found_set_aside_and_redone(tmp_path):
+    t = pa.table({"x": list(range(12))})
+    whole, short, cut = (tmp_path / f"shard-0000{i}.parquet" for i in range(3))
+    for p in (whole, short, cut):
+        pq.write_table(t if p is not short else t.slice(0, 5), p)
+    cut.write_bytes(cut.read_bytes()[:-9])  # a crash cut the footer off
+    assert files.parquet_problem(whole, 12) is None
+    assert "holds 5 rows, not the 12" in files.parquet_problem(short, 12)
+    assert "not a whole Parquet file" in files.parquet_problem(cut)
+    jobs = [whole, short, cut, tmp_path / "shard-00003.parquet"]
+    with pytest.raises(CropiError, match=r"buffer: .*shard-00001\.parquet: holds 5 rows.*finished"):
+        files.done_shards(jobs, lambda p: p, lambda p: 12, lambda m: None, "buffer", complete=True)
+    assert short.is_file()  # refused: nothing moved
+    logged = []
+    todo = files.done_shards(jobs, lambda p: p, lambda p: 12, logged.append, "buffer")
+    assert todo == jobs[1:]
+    assert not short.exists() and (tmp_path / ".shard-00001.parquet.damaged").is_file()
+    assert not cut.exists() and (tmp_path / ".shard-00002.parquet.damaged").is_file()
+    assert len(logged) == 2 and "shard-00002.parquet: not a whole Parquet file" in logged[1]
+    assert sorted(p.name for p in tmp_path.glob("shard-*.parquet")) == ["shard-00000.parquet"]

@@ -29,8 +29,10 @@ def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) ->
     return specs
 
 
-def build_buffer(cfg, progress: bool = True) -> dict:
-    """Build (or finish) RUN_DIR/buffer; returns the completed manifest."""
+def build_buffer(cfg, progress: bool = True, log=print) -> dict:
+    """Build (or finish) RUN_DIR/buffer; returns the completed manifest. Shards already written
+    are checked (footer, row count): a damaged one is rolled out again while the buffer is being
+    built, and refused once the buffer is complete (cropi.store.files.done_shards)."""
     from cropi.ray_utils import check_device
 
     check_device(cfg)
@@ -43,7 +45,7 @@ def build_buffer(cfg, progress: bool = True) -> dict:
     fresh = not (bdir / "manifest.json").is_file()
     claim_buffer(cfg, specs)
     try:
-        _build(cfg, specs, bdir, progress)
+        _build(cfg, specs, bdir, progress, log)
     except CropiError:
         if fresh and not list(bdir.rglob("shard-*.parquet")):
             shutil.rmtree(bdir, ignore_errors=True)  # bad input: leave nothing behind
@@ -57,13 +59,15 @@ def build_buffer(cfg, progress: bool = True) -> dict:
     return manifest
 
 
-def _build(cfg, specs: list[ShardSpec], bdir: Path, progress: bool) -> None:
+def _build(cfg, specs: list[ShardSpec], bdir: Path, progress: bool, log) -> None:
     from tqdm import tqdm
 
     from cropi.ray_utils import ray_session
     from cropi.rollout.writer import write_shards
+    from cropi.store.files import done_shards
 
-    todo = [s for s in specs if not (bdir / s.relpath).is_file()]
+    complete = bool((read_manifest(bdir) or {}).get("complete"))
+    todo = done_shards(specs, lambda s: bdir / s.relpath, lambda s: len(s.rows) * s.k, log, "buffer", complete)
     if not todo:
         return
     total = sum(len(s.rows) for s in specs)

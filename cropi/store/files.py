@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cropi.errors import CropiError
+from cropi.errors import CropiError, storage_error
 
 
 def stable_hash(obj) -> str:
@@ -34,8 +34,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, a quota, a read-only mount: say which file
+            raise storage_error(e, p) from None
         raise
     return p
 
@@ -62,11 +64,38 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
 
 
 def append_jsonl(row: dict, path: str | Path) -> None:
-    """One line appended (a log: a reader skips a torn last line, see read_jsonl)."""
+    """One line appended (a log: a reader skips a torn last line, see read_jsonl). A torn last line
+    left by a process killed mid-append (or a full disk) is cut off first, so it never ends up
+    inside the file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    line = (json.dumps(row) + "\n").encode()
+    try:
+        with p.open("ab+") as fh:
+            _cut_torn_tail(fh)
+            fh.write(line)
+    except OSError as e:
+        raise storage_error(e, p) from None
+
+
+def _cut_torn_tail(fh) -> None:
+    end = fh.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    fh.seek(end - 1)
+    if fh.read(1) == b"\n":
+        return
+    pos = end
+    while pos > 0:  # back to the last newline, 64 KiB at a time
+        start = max(0, pos - 65536)
+        fh.seek(start)
+        chunk = fh.read(pos - start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            fh.truncate(start + i + 1)
+            return
+        pos = start
+    fh.truncate(0)
 
 
 @contextmanager
@@ -78,11 +107,52 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise storage_error(e, out) from None
         raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def parquet_problem(path: str | Path, num_rows: int | None = None) -> str | None:
+    """What is wrong with a Parquet file that a finished write left (None: it is whole): a file
+    cut short by a crash or a copy has no footer; NUM_ROWS, when given, is the count it must hold.
+    Reads the footer only."""
+    import pyarrow.parquet as pq
+
+    try:
+        n = pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError or others on a damaged footer
+        return f"not a whole Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    if num_rows is not None and n != num_rows:
+        return f"holds {n} rows, not the {num_rows} it was written with"
+    return None
+
+
+def done_shards(jobs: list, path_of: Callable, rows_of: Callable | None, log, what: str,
+                complete: bool = False) -> list:
+    """The JOBS whose output file is still to write. An output that exists is checked (its footer
+    and, given ROWS_OF, its row count); a damaged one, which a crash on a file system without
+    ordered writes or a cut-short copy can leave, is set aside as `.NAME.damaged` and redone. When
+    the stage is COMPLETE (later stages may have read it), a damaged output is refused instead."""
+    todo = []
+    for job in jobs:
+        p = Path(path_of(job))
+        if not p.is_file():
+            todo.append(job)
+            continue
+        problem = parquet_problem(p, rows_of(job) if rows_of else None)
+        if problem is None:
+            continue
+        if complete:
+            raise CropiError(f"{what}: {p}: {problem}; the stage that wrote it finished and later stages may "
+                             "have read it: restore it from a copy, or use a new run.dir to recompute")
+        log(f"{what}: {p.name}: {problem}; setting it aside as .{p.name}.damaged and writing it again")
+        os.replace(p, p.with_name(f".{p.name}.damaged"))
+        todo.append(job)
+    return todo
 
 
 def read_json(path: str | Path, what: str = "file"):

@@ -39,7 +39,8 @@ test: base-model
 test-all: base-model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# fault injection: kill a gradient actor / a trainer rank mid-phase, the run recovers by itself
+# determinism (the same run twice, identical outputs) and fault injection (kill each stage's process,
+# the driver, fill the disk, truncate a shard): every run ends with the undisturbed run's outputs
 faults: base-model
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 

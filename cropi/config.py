@@ -240,7 +240,7 @@ class InfluenceResources:
     num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).", min=1)
     num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0)
     num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0)
-    max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor and retries its shard (its tasks are stateless) before the command fails.", min=0)
+    max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor (or the selector) and retries its shard (its tasks are stateless) before the command fails.", min=0)
 
 
 @dataclass

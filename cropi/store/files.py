@@ -28,9 +28,12 @@ def stable_hash(obj) -> str:
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call write(tmp_path) on a temporary name beside `path`, then rename it to `path`."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise storage_error(e, p) from None
     try:
         write(tmp)
         os.replace(tmp, p)

@@ -17,11 +17,12 @@ from datetime import timedelta
 
 import torch
 
-from cropi.errors import CropiError
+from cropi.errors import CropiError, WorkerDied
 
 
-class SyncTimeout(CropiError):
-    """A peer of the weight-sync group did not answer within the timeout."""
+class SyncTimeout(WorkerDied):
+    """A peer of the weight-sync group did not answer within the timeout: a dead or hung engine or
+    rank, so the loop redoes the training stage with new ones like any other dead worker."""
 
 
 def free_port() -> int:

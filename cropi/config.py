@@ -256,6 +256,8 @@ class ResourcesConfig:
     local_num_cpus: int = _f(0, "CPUs a local Ray head declares (0: enough for every stage that can run at once, and at least this machine's cores; logical CPUs: idle actors hold them without using them).", min=0)
     device_memory_gib: float = _f(0.0, "Memory of one device for `cropi plan` and the check before `cropi run` (0: this machine's RAM on cpu, GPU 0's memory on cuda).", min=0)
     placement: str = _f("shared", "shared: rollout worker i and trainer rank i share a bundle (colocated) | split: each gets its own.", choices=("shared", "split"))
+    placement_timeout_s: float = _f(120.0, "How long a stage waits for its placement group while other stages hold resources, before it fails naming what it asked for.", min=1)
+    autoscaling: bool = _f(False, "The cluster adds nodes on demand (the KubeRay autoscaler): a request larger than the cluster waits placement_timeout_s for them instead of failing at once.")
     rollout: RolloutResources = _sub(RolloutResources, "vLLM rollout workers (buffer, refresh, GRPO rollouts).")
     influence: InfluenceResources = _sub(InfluenceResources, "Gradient actors.")
     trainer: TrainerResources = _sub(TrainerResources, "DeepSpeed trainer ranks.")

@@ -51,21 +51,61 @@ def _bundle(cpus: float, gpus: float) -> dict:
     return b
 
 
-def reserve(bundles: list[dict], what: str, timeout_s: float = 120.0) -> Placement:
+@dataclass(frozen=True)
+class PlacementWait:
+    """How a stage waits for its placement group (resources.placement_timeout_s, resources.autoscaling)."""
+    timeout_s: float = 120.0
+    autoscaling: bool = False
+
+
+def placement_wait(cfg) -> PlacementWait:
+    return PlacementWait(float(cfg.resources.placement_timeout_s), bool(cfg.resources.autoscaling))
+
+
+def shortfall(bundles: list[dict], nodes: list[dict]) -> str | None:
+    """What BUNDLES lack on a cluster of NODES (each node's total resources) even when it is idle:
+    a resource whose sum over the bundles exceeds the cluster's, or a bundle that no single node
+    can hold. None when the request could fit. Pure: no Ray."""
+    keys = sorted({k for b in bundles for k in b})
+    for k in keys:
+        want, have = sum(b.get(k, 0.0) for b in bundles), sum(n.get(k, 0.0) for n in nodes)
+        if want > have + 1e-9:
+            n = len(bundles)
+            return f"{n} bundle{'s' * (n != 1)} need{'s' * (n == 1)} {want:g} {k} in all and the cluster has {have:g}"
+    for b in bundles:
+        if not any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in b.items()) for n in nodes):
+            largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in b}
+            return f"a bundle of {b} fits on no node (the largest node has {largest})"
+    return None
+
+
+def reserve(bundles: list[dict], what: str, wait: PlacementWait = PlacementWait(), fields: str = "") -> Placement:
+    """A placement group of BUNDLES for stage WHAT. A request larger than the whole cluster is
+    refused at once (unless the cluster autoscales); one that could fit waits up to wait.timeout_s
+    for other stages to free their bundles, then is refused. FIELDS names the config fields that
+    size the request, for the message."""
     import ray
     from ray.util.placement_group import placement_group
 
+    lower = (f"lower {fields}" if fields else "lower the actor counts or resources in the config")
+    if not wait.autoscaling:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        problem = shortfall(bundles, nodes)
+        if problem:
+            raise CropiError(f"{what}: {problem}, so it can never be placed: {lower}, or add nodes (on a cluster "
+                             "that adds them on demand, set resources.autoscaling=true to wait for them)")
     pg = placement_group(bundles, strategy="PACK", name="")
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    ready, _ = ray.wait([pg.ready()], timeout=wait.timeout_s)
     if not ready:
         from ray.util.placement_group import remove_placement_group
 
         remove_placement_group(pg)
         total = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
         raise CropiError(f"{what}: the cluster cannot provide {len(bundles)} bundles {bundles} "
-                         f"(total {total}) within {timeout_s:.0f} s; available now: {ray.available_resources()}. "
-                         "Lower the actor counts or resources in the config (with trainer.keep_alive the training "
-                         "engines and ranks keep their bundles between phases; trainer.keep_alive=false frees them).")
+                         f"(total {total}) within {wait.timeout_s:.0f} s (resources.placement_timeout_s); available "
+                         f"now: {ray.available_resources()}. {lower[0].upper() + lower[1:]} (with trainer.keep_alive "
+                         "the training engines and ranks keep their bundles between phases; trainer.keep_alive=false "
+                         "frees them).")
     return Placement(pg, bundles)
 
 
@@ -102,11 +142,14 @@ def local_cpus(cfg) -> int:
     return max(os.cpu_count() or 1, math.ceil(need))
 
 
-def workers_placement(count: int, cpus: float, gpus: float, what: str, timeout_s: float = 120.0) -> Placement:
-    return reserve([_bundle(cpus, gpus) for _ in range(count)], what, timeout_s)
+def workers_placement(count: int, cpus: float, gpus: float, what: str, wait: PlacementWait = PlacementWait(),
+                      fields: str = "") -> Placement:
+    return reserve([_bundle(cpus, gpus) for _ in range(count)], what, wait, fields)
 
 
 def training_placement(cfg) -> tuple[Placement, list[int], list[int]]:
     """(placement, bundle of each trainer rank, bundle of each rollout worker)."""
     bundles, ranks, engines = training_bundles(cfg)
-    return reserve(bundles, f"training ({cfg.resources.placement})"), ranks, engines
+    fields = ("trainer.world_size, resources.trainer.num_cpus/num_gpus, resources.rollout.num_train_engines "
+              "(else num_workers) and resources.rollout.num_cpus/num_gpus")
+    return reserve(bundles, f"training ({cfg.resources.placement})", placement_wait(cfg), fields), ranks, engines

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from cropi.errors import CropiError
-from cropi.placement import Placement, workers_placement
+from cropi.placement import Placement, PlacementWait, workers_placement
 
 
 def with_log_env(options: dict | None) -> dict:
@@ -35,11 +35,11 @@ def with_log_env(options: dict | None) -> dict:
 class WorkerPool:
     def __init__(self, actor_cls, args_of: Callable[[int], tuple], *, count: int, cpus: float, gpus: float,
                  what: str, name: str, options: dict | None = None, placement: Placement | None = None,
-                 bundles: Sequence[int] | None = None,
+                 bundles: Sequence[int] | None = None, wait: PlacementWait = PlacementWait(), fields: str = "",
                  on_death: str = "rerun the same command to resume: finished work is kept"):
         self.what, self.on_death = what, on_death
         self.owns_placement = placement is None
-        self.placement = workers_placement(count, cpus, gpus, what) if placement is None else placement
+        self.placement = workers_placement(count, cpus, gpus, what, wait, fields) if placement is None else placement
         bundles = list(range(count)) if bundles is None else list(bundles)
         if len(bundles) != count:
             raise CropiError(f"{what}: {count} actors need {count} bundles, got {len(bundles)}")

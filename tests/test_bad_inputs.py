@@ -8,9 +8,12 @@ import math
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cropi.cli import main
+from cropi.config import load_config
 
 
 def _jsonl(path, rows):
@@ -180,6 +183,18 @@ def _run_dir_case(setup, cmd="run", culprit=""):
     return build
 
 
+def _finished_buffer_with_a_truncated_shard(run):
+    from cropi.store.buffer import buffer_hash
+
+    cfg = load_config("configs/tiny-cpu.yaml", [f"run.dir={run}"])
+    (run / "buffer" / "train").mkdir(parents=True)
+    (run / "buffer" / "manifest.json").write_text(json.dumps({"config_hash": buffer_hash(cfg), "complete": True,
+                                                              "splits": {}}))
+    pq.write_table(pa.table({"x": [1, 2, 3]}), run / "buffer" / "train" / "shard-00000.parquet")
+    shard = run / "buffer" / "train" / "shard-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-10])
+
+
 def _yaml_case(text, culprit):
     def build(tmp_path):
         (tmp_path / "c.yaml").write_text(text)
@@ -200,6 +215,10 @@ TABLE = {
     "reward range reversed": lambda t: (_rollout(t, "--set", "data.reward_range=[1, 0]"), "data.reward_range"),
     "tracker unknown": lambda t: (_rollout(t, "--set", "run.trackers=[mlflow]"), "run.trackers"),
     "override without =": lambda t: (_rollout(t, "--set", "trainer.lr"), "trainer.lr"),
+    "resources larger than the cluster": lambda t: (_rollout(t, "--set", "resources.local_num_cpus=2", "--set",
+                                                             "resources.rollout.num_cpus=4"),
+                                                    "buffer: 1 bundle needs 4 CPU in all and the cluster has 2, so it "
+                                                    "can never be placed: lower resources.rollout.num_workers"),
     # datasets
     "row without data_source": _data_case(train=[{"prompt": "1+1=", "reward_model": {"ground_truth": "2"}}] * 2,
                                           culprit="data_source"),
@@ -240,6 +259,8 @@ TABLE = {
     "buffer shards without a manifest": _run_dir_case(
         lambda r: ((r / "buffer" / "train").mkdir(parents=True), (r / "buffer" / "train" / "shard-00000.parquet").write_bytes(b"x")),
         cmd="rollout", culprit="holds shards but no manifest.json"),
+    "truncated shard in a finished buffer": _run_dir_case(_finished_buffer_with_a_truncated_shard, cmd="rollout",
+                                                          culprit="shard-00000.parquet: not a whole Parquet file"),
     "status of a non-run directory": _run_dir_case(lambda r: (r / "x.txt").write_text("x"), cmd="status",
                                                    culprit="not a cropi run directory"),
 }
@@ -255,7 +276,9 @@ def test_bad_input_table(case, tmp_path, capsys, monkeypatch):
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} if run.exists() else None
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("cropi: error:"), err
+    # the error comes last (a Ray that was started may have logged before it)
+    assert rc == 2 and ("\n" + err).count("\ncropi: error:") == 1, err
+    err = err[err.index("cropi: error:"):]
     assert culprit in err, err
     assert "Traceback" not in err
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} if run.exists() else None

@@ -38,13 +38,40 @@ def test_split_and_shared_bundles(ray4):
     place.remove()
 
 
-def test_impossible_request_is_a_clear_error(ray4):
-    with pytest.raises(CropiError, match="cannot provide 2 bundles .*GPU"):
-        import cropi.placement as pl
+def test_shortfall_names_the_resource_and_the_bundle():
+    from cropi.placement import shortfall
 
-        pl.reserve([{"CPU": 1.0, "GPU": 1.0}] * 2, "test stage", timeout_s=2)
-    with pytest.raises(CropiError, match="influence"):
-        workers_placement(8, 1.0, 0.0, "influence", timeout_s=2)
+    nodes = [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0, "GPU": 4.0}]
+    assert shortfall([{"CPU": 2.0, "GPU": 4.0}] * 2, nodes) is None  # one bundle per node
+    assert shortfall([{"CPU": 1.0, "GPU": 1.0}] * 9, nodes) == "9 bundles need 9 GPU in all and the cluster has 8"
+    assert shortfall([{"CPU": 1.0, "GPU": 5.0}], nodes).startswith("a bundle of {'CPU': 1.0, 'GPU': 5.0} fits on no node")
+    assert shortfall([{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 16.0}]) == "1 bundle needs 1 GPU in all and the cluster has 0"
+
+
+def test_a_request_larger_than_the_cluster_fails_at_once(ray4):
+    from cropi.placement import PlacementWait, reserve
+
+    # a wait of 10 minutes is never started: the message is the one given before waiting
+    with pytest.raises(CropiError, match=r"test stage: 2 bundles need 2 GPU in all and the cluster has 0, so it "
+                                         r"can never be placed: lower resources\.x"):
+        reserve([{"CPU": 1.0, "GPU": 1.0}] * 2, "test stage", PlacementWait(timeout_s=600), "resources.x")
+    with pytest.raises(CropiError, match=r"influence: 8 bundles need 8 CPU in all and the cluster has 4"):
+        workers_placement(8, 1.0, 0.0, "influence", PlacementWait(timeout_s=600))
+    # on a cluster that adds nodes on demand the request waits for them, as long as configured
+    with pytest.raises(CropiError, match=r"cannot provide 2 bundles .*within 2 s \(resources\.placement_timeout_s\)"):
+        reserve([{"CPU": 1.0, "GPU": 1.0}] * 2, "test stage", PlacementWait(timeout_s=2, autoscaling=True))
+
+
+def test_a_request_that_fits_waits_for_held_bundles_then_fails(ray4):
+    from cropi.placement import PlacementWait
+
+    held = workers_placement(4, 1.0, 0.0, "another stage")
+    try:
+        with pytest.raises(CropiError, match=r"influence: the cluster cannot provide 1 bundles .*within 2 s"):
+            workers_placement(1, 1.0, 0.0, "influence", PlacementWait(timeout_s=2))
+    finally:
+        held.remove()
+    workers_placement(1, 1.0, 0.0, "influence", PlacementWait(timeout_s=30)).remove()  # free again: placed
 
 
 def test_local_ray_declares_room_for_the_kept_alive_training_placement(monkeypatch):

@@ -106,12 +106,14 @@ def influence_hash(cfg, checkpoint: str, rebuffered: list[int] = ()) -> str:
 
 
 def gradient_pool(cfg, checkpoint: str, phase: int):
+    from cropi.placement import placement_wait
     from cropi.pool import WorkerPool
 
     r = cfg.resources.influence
     return WorkerPool(GradientActor, lambda i: (cfg, checkpoint), count=r.num_actors, cpus=r.num_cpus, gpus=r.num_gpus,
                       what=f"phase {phase} influence", name=f"cropi-gradient-{phase}",
-                      options={"max_restarts": r.max_restarts, "max_task_retries": r.max_restarts})
+                      options={"max_restarts": r.max_restarts, "max_task_retries": r.max_restarts},
+                      wait=placement_wait(cfg), fields="resources.influence.num_actors, num_cpus and num_gpus")
 
 
 def run_influence(cfg, phase: int, log=print) -> dict:

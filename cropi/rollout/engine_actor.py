@@ -65,6 +65,7 @@ class RolloutEngine:
 
 def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **kw):
     """A WorkerPool of RolloutEngines (in `placement`'s `bundles` when given)."""
+    from cropi.placement import placement_wait
     from cropi.pool import WorkerPool
     from cropi.rollout.engine import actor_options
 
@@ -75,4 +76,5 @@ def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **
     options = {**actor_options(cfg), "max_restarts": 0, "max_task_retries": 0}
     return WorkerPool(RolloutEngine, lambda i: (cfg, model_path, i), count=cfg.train_engines(), cpus=r.num_cpus,
                       gpus=r.num_gpus, what=f"{tag} rollout engines", name=f"cropi-rollout-{tag}",
-                      options=options, placement=placement, bundles=bundles, **kw)
+                      options=options, placement=placement, bundles=bundles, wait=placement_wait(cfg),
+                      fields="resources.rollout.num_train_engines (else num_workers), num_cpus and num_gpus", **kw)

@@ -34,12 +34,14 @@ class BufferWriter:
 
 def write_shards(cfg, model_path: str, jobs: list, tag: str, on_done=None) -> None:
     """Roll out every (ShardSpec, output path) of `jobs` with a pool of BufferWriters."""
+    from cropi.placement import placement_wait
     from cropi.pool import WorkerPool
     from cropi.rollout.engine import actor_options
 
     r = cfg.resources.rollout
     with WorkerPool(BufferWriter, lambda i: (cfg, model_path, i), count=min(r.num_workers, len(jobs)),
                     cpus=r.num_cpus, gpus=r.num_gpus, what=tag, name=f"cropi-rollout-{tag.replace(' ', '-')}",
-                    options=actor_options(cfg)) as pool:
+                    options=actor_options(cfg), wait=placement_wait(cfg),
+                    fields="resources.rollout.num_workers, num_cpus and num_gpus") as pool:
         pool.map(lambda w, job: w.build_shard.remote(job[0], str(job[1])), jobs,
                  on_done=on_done, describe=lambda job: job[0].relpath)

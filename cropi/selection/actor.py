@@ -33,13 +33,15 @@ class Selector:
 
 
 def run_selector(cfg, phase: int, pool: list[PromptRow]) -> dict:
+    from cropi.placement import placement_wait
     from cropi.pool import WorkerPool
 
     # selecting is a pure function of the influence files and writes its outputs atomically (the
     # summary last), so a selector that dies is restarted by Ray and its call retried
     r = cfg.resources.influence.max_restarts
     with WorkerPool(Selector, lambda i: (), count=1, cpus=1.0, gpus=0.0, what=f"phase {phase} selection",
-                    name=f"cropi-selector-{phase}", options={"max_restarts": r, "max_task_retries": r}) as selector:
+                    name=f"cropi-selector-{phase}", options={"max_restarts": r, "max_task_retries": r},
+                    wait=placement_wait(cfg), fields="nothing: the selector needs 1 CPU") as selector:
         return selector.each(lambda a: a.select.remote(cfg, phase, pool))[0]
 
 

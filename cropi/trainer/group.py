@@ -9,6 +9,7 @@ train-loop function would have to pull through queues; and it starts faster
 
 from __future__ import annotations
 
+from cropi.placement import placement_wait
 from cropi.pool import WorkerPool
 from cropi.trainer.rank import TrainerRank
 
@@ -21,7 +22,9 @@ class TrainerGroup:
         env = {"DS_ACCELERATOR": "cpu"} if cfg.resources.device == "cpu" else {}
         self.pool = WorkerPool(TrainerRank, lambda i: (cfg, i, w), count=w, cpus=r.num_cpus, gpus=r.num_gpus,
                                what=f"phase {tag} trainer", name=f"cropi-trainer-{tag}-rank",
-                               options={"runtime_env": {"env_vars": env}}, placement=placement, bundles=bundles, **kw)
+                               options={"runtime_env": {"env_vars": env}}, placement=placement, bundles=bundles,
+                               wait=placement_wait(cfg), fields="trainer.world_size, resources.trainer.num_cpus and num_gpus",
+                               **kw)
         try:
             addr, port = self.pool.each(lambda a: a.address.remote())[0]
             self.pool.each(lambda a: a.setup.remote(addr, port, init_path, ref_path))

@@ -84,6 +84,8 @@ def _worker_pids(root_pid: int):
     return actor_pids("BufferWriter", root_pid)
 
 
+@pytest.mark.slow  # 100 s: `make test-all`; tests/faults kills a rollout worker too, CI's fault sample is
+# test_weight_sync.py::test_engine_that_dies_fails_the_sync_naming_it
 def test_killed_worker_then_rerun_completes_exactly_once(tiny_model, tmp_path):
     args = [sys.executable, "-m", "cropi.cli", "rollout", "configs/tiny-cpu.yaml",
             *[a for s in SMALL + [f"run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'tasks'}",

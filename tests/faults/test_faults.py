@@ -18,7 +18,7 @@ equal to the undisturbed run's (harness.differences).
 - a truncated shard left by a crash: the rerun sets it aside and rolls it out again.
 
 `make faults` runs this folder (with test_determinism.py); CI runs a short sample
-(tests/test_rollout_buffer.py's killed worker, tests/test_trainer.py's NaN rank).
+(tests/test_weight_sync.py's killed engine named by the sync, tests/test_trainer.py's NaN rank).
 """
 
 import json

@@ -9,7 +9,9 @@ The setting travels to every actor through the environment WorkerPool gives it (
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 VERBOSE_ENV = "CROPI_VERBOSE"
 
@@ -37,3 +39,14 @@ def actor_env() -> dict[str, str]:
     if verbose():
         return {VERBOSE_ENV: "1"}
     return {VERBOSE_ENV: "0", **QUIET_ENV}
+
+
+@contextlib.contextmanager
+def quiet_prints() -> Iterator[None]:
+    """Drop what a library call prints to stdout (unless verbose): DeepSpeed's CPU backend prints
+    "DeepSpeed Shared Memory Comm built successfully" on every rank at start-up. Errors still raise."""
+    if verbose():
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield

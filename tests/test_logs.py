@@ -33,3 +33,15 @@ def test_verbose_flag_on_every_config_command(monkeypatch, tiny_model):
     assert build_parser().parse_args(["rollout", "configs/tiny-cpu.yaml", "--verbose"]).verbose
     assert cli.main(["plan", "configs/tiny-cpu.yaml"]) == 0 and os.environ[VERBOSE_ENV] == "0"
     assert cli.main(["plan", "configs/tiny-cpu.yaml", "--verbose"]) == 0 and os.environ[VERBOSE_ENV] == "1"
+
+
+def test_quiet_prints_drops_a_library_print_unless_verbose(monkeypatch, capsys):
+    from cropi.logs import quiet_prints, set_verbose
+
+    monkeypatch.setenv("CROPI_VERBOSE", "0")
+    with quiet_prints():
+        print("DeepSpeed Shared Memory Comm built successfully")
+    set_verbose(True)
+    with quiet_prints():
+        print("kept when verbose")
+    assert capsys.readouterr().out == "kept when verbose\n"

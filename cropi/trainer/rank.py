@@ -36,9 +36,11 @@ class TrainerRank:
             os.environ["DS_ACCELERATOR"] = "cpu"
         import deepspeed
 
+        from cropi.logs import quiet_prints
         from cropi.model.loading import load_model
 
-        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+        with quiet_prints():  # the CPU backend's "Shared Memory Comm built successfully"
+            deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
         self.device = "cpu" if cpu else "cuda"
         self.ref = load_model(ref_path, cfg.model.dtype, self.device).eval().requires_grad_(False)
         self.engine = None

@@ -173,14 +173,28 @@ def _broken_reward_file(tmp_path):
     return f"{tmp_path / 'r.py'}:f"
 
 
-def _run_dir_case(setup, cmd="run", culprit=""):
+def _run_dir_case(setup, cmd="run", culprit="", extra=()):
     def build(tmp_path):
         run = tmp_path / "run"
         run.mkdir()
         setup(run)
-        argv = [cmd, "configs/tiny-cpu.yaml", "--set", f"run.dir={run}"]
+        argv = [cmd, "configs/tiny-cpu.yaml", "--set", f"run.dir={run}", *extra]
         return argv, culprit
     return build
+
+
+def _begun_phase(run):
+    from cropi.store.run_record import claim_phase
+
+    claim_phase(load_config("configs/tiny-cpu.yaml", [f"run.dir={run}"]), 0, "cropi")
+    (run / "phase-0" / "influence").mkdir()
+
+
+def _half_written_checkpoint(run):
+    ckpt = run / "phase-0" / "checkpoint"
+    shutil.copytree(MODEL, ckpt)
+    w = ckpt / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
 
 
 def _finished_buffer_with_a_truncated_shard(run):
@@ -261,6 +275,10 @@ TABLE = {
         cmd="rollout", culprit="holds shards but no manifest.json"),
     "truncated shard in a finished buffer": _run_dir_case(_finished_buffer_with_a_truncated_shard, cmd="rollout",
                                                           culprit="shard-00000.parquet: not a whole Parquet file"),
+    "another config's run": _run_dir_case(_begun_phase, extra=("--set", "selection.alpha=0.2"),
+                                          culprit="selection.alpha: 0.1 -> 0.2"),
+    "half-written checkpoint": _run_dir_case(_half_written_checkpoint, cmd="train", extra=("--phase", "1"),
+                                             culprit="model.safetensors is truncated"),
     "status of a non-run directory": _run_dir_case(lambda r: (r / "x.txt").write_text("x"), cmd="status",
                                                    culprit="not a cropi run directory"),
 }

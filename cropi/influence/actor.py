@@ -24,7 +24,7 @@ from cropi import seeds
 from cropi.errors import CropiError
 from cropi.store import influence as store
 from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
-from cropi.store.files import done_shards, read_json, read_json_if, stable_hash, write_json
+from cropi.store.files import done_shards, read_json, read_json_if, remove_stale_tmp, stable_hash, write_json
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
@@ -173,6 +173,7 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     if drift > inf.kl_stale_threshold:
         log(f"phase {phase}: KL(pi_theta || beta) on the buffer is {drift:.3f} > {inf.kl_stale_threshold}: "
             "the off-policy gradients are drifting from the policy; consider refreshing the buffer")
+    remove_stale_tmp(idir)  # left by an actor killed mid-write (Ray restarted it and redid the shard)
     store.write_manifest(idir, inf.mode, sets, len(shards), inf.proj_dim if inf.mode == "projected" else None,
                          checkpoint=ckpt, sample_ratio=inf.sample_ratio, params=inf.params, coverage=covered,
                          proj_kind=inf.proj_kind if inf.mode == "projected" else None,

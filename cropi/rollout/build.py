@@ -11,6 +11,7 @@ from cropi.data.suite import load_data, targeted
 from cropi.errors import CropiError
 from cropi.model.loading import check_model_dir, load_tokenizer
 from cropi.store.buffer import ShardSpec, claim_buffer, read_manifest, summarise, write_manifest
+from cropi.store.files import remove_stale_tmp
 from cropi.store.paths import RunPaths
 
 
@@ -54,6 +55,7 @@ def build_buffer(cfg, progress: bool = True, log=print) -> dict:
         raise
     manifest = read_manifest(bdir)
     if not manifest.get("complete"):
+        remove_stale_tmp(bdir)  # left by a worker killed mid-write (Ray restarted it and redid the shard)
         manifest.update(summarise(bdir), complete=True)
         write_manifest(bdir, manifest)
     return manifest

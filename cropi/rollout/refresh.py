@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cropi.data.dataset import PromptRow
 from cropi.store.buffer import ShardSpec, complete_manifest, train_shards
-from cropi.store.files import done_shards, read_json_if, write_json
+from cropi.store.files import done_shards, read_json_if, remove_stale_tmp, write_json
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
@@ -55,6 +55,7 @@ def refresh_zero_grad(cfg, phase: int, pool: list[PromptRow], log=print) -> dict
         write_shards(rcfg, phase_start_checkpoint(cfg, phase), todo, f"phase {phase} refresh")
         log(f"phase {phase}: re-rolled {sum(len(s.rows) for s, _ in todo)} zero-gradient prompts with theta_{phase}")
     manifest = {"prompts": sum(len(s.rows) for s, _ in specs), "shards": sorted(p.name for _, p in specs)}
+    remove_stale_tmp(RunPaths.of(cfg).refresh(phase))  # left by a writer killed mid-write
     write_json(manifest, RunPaths.of(cfg).refresh(phase) / "manifest.json")
     return {**manifest, "new": sum(len(s.rows) for s, _ in todo)}
 
@@ -130,5 +131,6 @@ def rebuffer(cfg, phase: int, pool: list[PromptRow], kl: float, log=print) -> di
             f"{sum(len(s.rows) for s, _ in todo)} prompts with theta_{phase}")
     manifest = {"phase": phase, "kl_before": kl, "threshold": cfg.influence.kl_refresh_threshold,
                 "prompts": sum(len(s.rows) for s, _ in jobs), "shards": sorted(p.name for _, p in jobs)}
+    remove_stale_tmp(out)
     write_json(manifest, out / "manifest.json")
     return manifest

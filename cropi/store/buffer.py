@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cropi.errors import CropiError
-from cropi.store.files import read_json_if, stable_hash, write_json
+from cropi.store.files import read_json_if, remove_stale_tmp, stable_hash, write_json
 from cropi.store.paths import SHARD_GLOB, RunPaths, shard_name
 
 SCHEMA_VERSION = 1
@@ -114,8 +114,7 @@ def claim_buffer(cfg, specs: list[ShardSpec]) -> Path:
             "schema_version": SCHEMA_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
             "splits": splits, "complete": False,
         })
-    for stale in bdir.rglob(".*.tmp"):  # half-written files of a run that died
-        stale.unlink(missing_ok=True)
+    remove_stale_tmp(bdir)  # half-written files of a run that died
     return bdir
 
 

@@ -119,6 +119,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.rename(out)
 
 
+def remove_stale_tmp(directory: str | Path) -> None:
+    """Remove the temporary files (atomic_write's `.NAME.*.tmp`) under DIRECTORY that a process
+    killed mid-write left: called when no writer of that directory is running, when a stage starts
+    and when it has finished."""
+    for stale in Path(directory).rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def parquet_problem(path: str | Path, num_rows: int | None = None) -> str | None:
     """What is wrong with a Parquet file that a finished write left (None: it is whole): a file
     cut short by a crash or a copy has no footer; NUM_ROWS, when given, is the count it must hold.

@@ -41,6 +41,20 @@ def actor_env() -> dict[str, str]:
     return {VERBOSE_ENV: "0", **QUIET_ENV}
 
 
+# loggers that warn before vLLM has configured its own logging (so VLLM_LOGGING_LEVEL does not
+# reach them yet): "Triton is installed, but doesn't include CPU backend" on every CPU engine
+EARLY_LOGGERS = ("vllm.triton_utils.importing",)
+
+
+def quiet_early_loggers() -> None:
+    """Raise EARLY_LOGGERS to ERROR unless verbose; call before importing vLLM."""
+    import logging
+
+    if not verbose():
+        for name in EARLY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def quiet_prints() -> Iterator[None]:
     """Drop what a library call prints to stdout (unless verbose): DeepSpeed's CPU backend prints

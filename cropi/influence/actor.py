@@ -168,7 +168,7 @@ def run_influence(cfg, phase: int, log=print) -> dict:
                                                        str(fresh[p.name]) if p.name in fresh else None),
                      todo, on_done=lambda *_: bar.update(1), describe=lambda p: f"buffer shard {p.name}")
     kl, num_tokens, zero = store.read_drift_columns([store.train_shard_path(idir, p.name) for p in shards])
-    drift = buffer_drift(torch.from_numpy(kl), torch.from_numpy(num_tokens))
+    drift = buffer_drift(torch.tensor(kl), torch.tensor(num_tokens))  # copies: Arrow's buffers are read-only
     refreshed = read_refresh_manifest(cfg, phase) if inf.refresh_zero_grad else None
     if drift > inf.kl_stale_threshold:
         log(f"phase {phase}: KL(pi_theta || beta) on the buffer is {drift:.3f} > {inf.kl_stale_threshold}: "

@@ -46,6 +46,9 @@ def open_engine(cfg, model_path: str, worker_index: int):
 
 
 def make_llm(cfg, model_path: str, seed: int):
+    from cropi.logs import quiet_early_loggers
+
+    quiet_early_loggers()
     for k, v in engine_env(cfg).items():
         os.environ.setdefault(k, v)
     from vllm import LLM

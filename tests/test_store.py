@@ -176,3 +176,18 @@ def test_damaged_shards_are_found_set_aside_and_redone(tmp_path):
     assert not cut.exists() and (tmp_path / ".shard-00002.parquet.damaged").is_file()
     assert len(logged) == 2 and "shard-00002.parquet: not a whole Parquet file" in logged[1]
     assert sorted(p.name for p in tmp_path.glob("shard-*.parquet")) == ["shard-00000.parquet"]
+
+
+def test_an_influence_shard_short_of_its_buffer_shards_prompts_is_redone(tmp_path):
+    # the influence stage's check: one row per prompt of the buffer shard, K trajectories each
+    k = 4
+    buf = tmp_path / "buffer-shard-00000.parquet"
+    pq.write_table(pa.table({"prompt_id": [p for p in range(6) for _ in range(k)]}), buf)
+    inf = tmp_path / "shard-00000.parquet"
+    pq.write_table(pa.table({"prompt_id": list(range(5))}), inf)  # one prompt short
+    from cropi.store.influence import expected_rows
+
+    rows = lambda p: expected_rows(p, k)  # noqa: E731  (what the influence stage passes)
+    assert files.done_shards([buf], lambda p: inf, rows, lambda m: None, "influence") == [buf]
+    pq.write_table(pa.table({"prompt_id": list(range(6))}), inf)
+    assert files.done_shards([buf], lambda p: inf, rows, lambda m: None, "influence") == []

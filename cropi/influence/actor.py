@@ -162,7 +162,8 @@ def run_influence(cfg, phase: int, log=print) -> dict:
                             todo_sets, describe=lambda s: f"validation set {s}")
             for s, c in zip(todo_sets, cols):
                 store.write_shard(_table(c), store.val_shard_path(idir, s))
-        todo = done_shards(shards, lambda p: store.train_shard_path(idir, p.name), None, log, f"phase {phase} influence")
+        todo = done_shards(shards, lambda p: store.train_shard_path(idir, p.name),
+                           lambda p: store.expected_rows(p, cfg.rollout.k_train), log, f"phase {phase} influence")
         with tqdm(total=len(shards), initial=len(shards) - len(todo), desc=f"phase {phase} gradient shards") as bar:
             pool.map(lambda a, p: a.score_shard.remote(str(p), str(store.train_shard_path(idir, p.name)), val_ref,
                                                        str(fresh[p.name]) if p.name in fresh else None),

@@ -78,6 +78,14 @@ def shard_table(prompt_id, zero_grad, *, grad: np.ndarray | None = None, norm=No
     return pa.table(cols)
 
 
+def expected_rows(buffer_shard: str | Path, k: int) -> int:
+    """Rows of the influence shard that scores BUFFER_SHARD: one per prompt, K trajectories each
+    (read from the Parquet footer only)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(buffer_shard).metadata.num_rows // k
+
+
 def write_shard(table: pa.Table, path: str | Path) -> Path:
     return write_table(table, path, use_dictionary=False)
 

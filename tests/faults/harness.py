@@ -156,9 +156,10 @@ def differences(a: dict, b: dict) -> list[str]:
     return diffs
 
 
-def check_whole(run_dir: Path) -> None:
+def check_whole(run_dir: Path, damaged: int = 0) -> None:
     """What every finished run must hold however it got there: every training prompt once in the
-    buffer (K samples) and in the influence store, one selection row per prompt, steps 0..E once."""
+    buffer (K samples) and in the influence store, one selection row per prompt, steps 0..E once,
+    and DAMAGED shards set aside on resume (no whole shard is ever taken for a damaged one)."""
     run_dir = Path(run_dir)
     ids = [r["prompt_id"] for p in sorted((run_dir / "buffer" / "train").glob("shard-*.parquet"))
            for r in pq.read_table(p, columns=["prompt_id", "sample_index"]).to_pylist()]
@@ -172,3 +173,4 @@ def check_whole(run_dir: Path) -> None:
     steps = [json.loads(x)["step"] for x in (run_dir / "phase-0" / "train_metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(STEPS + 1)), f"steps logged {steps}"
     assert not list(run_dir.rglob(".*.tmp")) and not list(run_dir.rglob("*.partial")), "half-written files left"
+    assert len(list(run_dir.rglob(".*.damaged"))) == damaged, sorted(run_dir.rglob(".*.damaged"))

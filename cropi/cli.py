@@ -291,12 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cropi: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        from cropi.errors import STORAGE_ERRNOS
+        from cropi.errors import STORAGE_ERRNOS, storage_error
 
         if e.errno not in STORAGE_ERRNOS:
             raise
-        print(f"cropi: error: {e.filename or 'a file'}: {e.strerror} (errno {e.errno}); free the space (or fix the "
-              "permission) and rerun the same command to resume", file=sys.stderr)
+        print(f"cropi: error: {storage_error(e)}", file=sys.stderr)
         return 2
 
 

@@ -5,6 +5,8 @@ function, a CLI argument) is a `CropiError` whose message names the field, row o
 The CLI prints it without a traceback and exits 2.
 """
 
+import errno
+
 
 class CropiError(Exception):
     """Bad input or state the user can fix; the message says where and what."""
@@ -29,11 +31,13 @@ class StorageError(CropiError):
 
 
 # errno values that mean "the disk, not the program": reported as StorageError, without a traceback
-STORAGE_ERRNOS = frozenset({28, 122, 27, 30, 13})  # ENOSPC, EDQUOT, EFBIG, EROFS, EACCES
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES})
 
 
-def storage_error(e: OSError, path) -> StorageError:
-    """A StorageError for OSError E met while writing PATH."""
-    return StorageError(f"could not write {path}: {e.strerror or e} (errno {e.errno}); nothing half-written was kept "
-                        "there and earlier outputs are whole: free the space (or fix the permission) and rerun "
-                        "the same command to resume")
+def storage_error(e: OSError, path=None, atomic: bool = False) -> StorageError:
+    """A StorageError for OSError E met while writing PATH (else the file E names). ATOMIC: the
+    write was an atomic one (cropi.store.files), so nothing half-written was kept."""
+    where = path if path is not None else (e.filename or "a file")
+    kept = "nothing half-written was kept there and earlier outputs are whole: " if atomic else ""
+    return StorageError(f"could not write {where}: {e.strerror or e} (errno {e.errno}); {kept}free the space "
+                        "(or fix the permission) and rerun the same command to resume")

@@ -52,7 +52,7 @@ def get(refs):
     names the row or file), not wrapped in a RayTaskError traceback."""
     import ray
 
-    from cropi.errors import STORAGE_ERRNOS, CropiError, StorageError
+    from cropi.errors import STORAGE_ERRNOS, CropiError, storage_error
 
     try:
         return ray.get(refs)
@@ -61,6 +61,5 @@ def get(refs):
         if isinstance(cause, CropiError):
             raise type(cause)(str(cause)) from None
         if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # e.g. DeepSpeed saving to a full disk
-            raise StorageError(f"{cause.filename or 'a file'}: {cause.strerror} (errno {cause.errno}), in an actor; "
-                               "free the space and rerun the same command to resume") from None
+            raise storage_error(cause) from None
         raise

@@ -167,10 +167,10 @@ def test_damaged_shards_are_found_set_aside_and_redone(tmp_path):
     assert "not a whole Parquet file" in files.parquet_problem(cut)
     jobs = [whole, short, cut, tmp_path / "shard-00003.parquet"]
     with pytest.raises(CropiError, match=r"buffer: .*shard-00001\.parquet: holds 5 rows.*finished"):
-        files.done_shards(jobs, lambda p: p, lambda p: 12, lambda m: None, "buffer", complete=True)
+        files.shards_to_write(jobs, lambda p: p, lambda p: 12, lambda m: None, "buffer", complete=True)
     assert short.is_file()  # refused: nothing moved
     logged = []
-    todo = files.done_shards(jobs, lambda p: p, lambda p: 12, logged.append, "buffer")
+    todo = files.shards_to_write(jobs, lambda p: p, lambda p: 12, logged.append, "buffer")
     assert todo == jobs[1:]
     assert not short.exists() and (tmp_path / ".shard-00001.parquet.damaged").is_file()
     assert not cut.exists() and (tmp_path / ".shard-00002.parquet.damaged").is_file()
@@ -188,6 +188,6 @@ def test_an_influence_shard_short_of_its_buffer_shards_prompts_is_redone(tmp_pat
     from cropi.store.influence import expected_rows
 
     rows = lambda p: expected_rows(p, k)  # noqa: E731  (what the influence stage passes)
-    assert files.done_shards([buf], lambda p: inf, rows, lambda m: None, "influence") == [buf]
+    assert files.shards_to_write([buf], lambda p: inf, rows, lambda m: None, "influence") == [buf]
     pq.write_table(pa.table({"prompt_id": list(range(6))}), inf)
-    assert files.done_shards([buf], lambda p: inf, rows, lambda m: None, "influence") == []
+    assert files.shards_to_write([buf], lambda p: inf, rows, lambda m: None, "influence") == []

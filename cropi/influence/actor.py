@@ -24,7 +24,7 @@ from cropi import seeds
 from cropi.errors import CropiError
 from cropi.store import influence as store
 from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
-from cropi.store.files import done_shards, read_json, read_json_if, remove_stale_tmp, stable_hash, write_json
+from cropi.store.files import shards_to_write, read_json, read_json_if, remove_stale_tmp, stable_hash, write_json
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
@@ -157,12 +157,12 @@ def run_influence(cfg, phase: int, log=print) -> dict:
             store.write_val_targets(idir, targets)
             val_ref = ray.put(val_grads)
         else:
-            todo_sets = done_shards(sets, lambda s: store.val_shard_path(idir, s), None, log, f"phase {phase} influence")
+            todo_sets = shards_to_write(sets, lambda s: store.val_shard_path(idir, s), None, log, f"phase {phase} influence")
             cols = pool.map(lambda a, s: a.score_rows.remote(read_split(bdir, f"val/{s}", GRADIENT_COLUMNS).to_pylist(), None),
                             todo_sets, describe=lambda s: f"validation set {s}")
             for s, c in zip(todo_sets, cols):
                 store.write_shard(_table(c), store.val_shard_path(idir, s))
-        todo = done_shards(shards, lambda p: store.train_shard_path(idir, p.name),
+        todo = shards_to_write(shards, lambda p: store.train_shard_path(idir, p.name),
                            lambda p: store.expected_rows(p, cfg.rollout.k_train), log, f"phase {phase} influence")
         with tqdm(total=len(shards), initial=len(shards) - len(todo), desc=f"phase {phase} gradient shards") as bar:
             pool.map(lambda a, p: a.score_shard.remote(str(p), str(store.train_shard_path(idir, p.name)), val_ref,

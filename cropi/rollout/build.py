@@ -33,7 +33,7 @@ def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) ->
 def build_buffer(cfg, progress: bool = True, log=print) -> dict:
     """Build (or finish) RUN_DIR/buffer; returns the completed manifest. Shards already written
     are checked (footer, row count): a damaged one is rolled out again while the buffer is being
-    built, and refused once the buffer is complete (cropi.store.files.done_shards)."""
+    built, and refused once the buffer is complete (cropi.store.files.shards_to_write)."""
     from cropi.ray_utils import check_device
 
     check_device(cfg)
@@ -66,10 +66,10 @@ def _build(cfg, specs: list[ShardSpec], bdir: Path, progress: bool, log) -> None
 
     from cropi.ray_utils import ray_session
     from cropi.rollout.writer import write_shards
-    from cropi.store.files import done_shards
+    from cropi.store.files import shards_to_write
 
     complete = bool((read_manifest(bdir) or {}).get("complete"))
-    todo = done_shards(specs, lambda s: bdir / s.relpath, lambda s: len(s.rows) * s.k, log, "buffer", complete)
+    todo = shards_to_write(specs, lambda s: bdir / s.relpath, lambda s: s.num_trajectories, log, "buffer", complete)
     if not todo:
         return
     total = sum(len(s.rows) for s in specs)

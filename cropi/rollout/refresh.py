@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cropi.data.dataset import PromptRow
 from cropi.store.buffer import ShardSpec, complete_manifest, train_shards
-from cropi.store.files import done_shards, read_json_if, remove_stale_tmp, write_json
+from cropi.store.files import shards_to_write, read_json_if, remove_stale_tmp, write_json
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
@@ -49,7 +49,7 @@ def refresh_zero_grad(cfg, phase: int, pool: list[PromptRow], log=print) -> dict
     if done is not None:
         return {**done, "new": 0}
     specs = refresh_specs(cfg, phase, pool, bdir)
-    todo = done_shards(specs, lambda j: j[1], lambda j: len(j[0].rows) * j[0].k, log, f"phase {phase} refresh")
+    todo = shards_to_write(specs, lambda j: j[1], lambda j: j[0].num_trajectories, log, f"phase {phase} refresh")
     if todo:
         rcfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, hf_recompute=True))  # beta := theta_M
         write_shards(rcfg, phase_start_checkpoint(cfg, phase), todo, f"phase {phase} refresh")
@@ -123,7 +123,7 @@ def rebuffer(cfg, phase: int, pool: list[PromptRow], kl: float, log=print) -> di
     for i, shard in enumerate(train_shards(bdir)):
         ids = sorted({r["prompt_id"] for r in pq.read_table(shard, columns=["prompt_id"]).to_pylist()})
         jobs.append((ShardSpec(f"rebuffer/phase-{phase}", i, [by_id[p] for p in ids], cfg.rollout.k_train), out / shard.name))
-    todo = done_shards(jobs, lambda j: j[1], lambda j: len(j[0].rows) * j[0].k, log, f"phase {phase} rebuffer")
+    todo = shards_to_write(jobs, lambda j: j[1], lambda j: j[0].num_trajectories, log, f"phase {phase} rebuffer")
     if todo:
         rcfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, hf_recompute=True))  # beta := theta_M
         write_shards(rcfg, phase_start_checkpoint(cfg, phase), todo, f"phase {phase} rebuffer")

@@ -41,7 +41,7 @@ def run_selector(cfg, phase: int, pool: list[PromptRow]) -> dict:
     r = cfg.resources.influence.max_restarts
     with WorkerPool(Selector, lambda i: (), count=1, cpus=1.0, gpus=0.0, what=f"phase {phase} selection",
                     name=f"cropi-selector-{phase}", options={"max_restarts": r, "max_task_retries": r},
-                    wait=placement_wait(cfg), fields="nothing: the selector needs 1 CPU") as selector:
+                    wait=placement_wait(cfg), fields="the other stages' resources (the selector needs 1 CPU)") as selector:
         return selector.each(lambda a: a.select.remote(cfg, phase, pool))[0]
 
 

@@ -57,6 +57,11 @@ class ShardSpec:
     k: int
 
     @property
+    def num_trajectories(self) -> int:
+        """Rows of the shard: K per prompt."""
+        return len(self.rows) * self.k
+
+    @property
     def relpath(self) -> str:
         return f"{self.split}/{shard_name(self.index)}"
 

@@ -33,14 +33,14 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
         os.close(fd)
     except OSError as e:
-        raise storage_error(e, p) from None
+        raise storage_error(e, p, atomic=True) from None
     try:
         write(tmp)
         os.replace(tmp, p)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):  # a full disk, a quota, a read-only mount: say which file
-            raise storage_error(e, p) from None
+            raise storage_error(e, p, atomic=True) from None
         raise
     return p
 
@@ -77,7 +77,7 @@ def append_jsonl(row: dict, path: str | Path) -> None:
         with p.open("ab+") as fh:
             _cut_torn_tail(fh)
             fh.write(line)
-    except OSError as e:
+    except OSError as e:  # a torn line is cut by the next append
         raise storage_error(e, p) from None
 
 
@@ -113,7 +113,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
-            raise storage_error(e, out) from None
+            raise storage_error(e, out, atomic=True) from None
         raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -142,7 +142,7 @@ def parquet_problem(path: str | Path, num_rows: int | None = None) -> str | None
     return None
 
 
-def done_shards(jobs: list, path_of: Callable, rows_of: Callable | None, log, what: str,
+def shards_to_write(jobs: list, path_of: Callable, rows_of: Callable | None, log, what: str,
                 complete: bool = False) -> list:
     """The JOBS whose output file is still to write. An output that exists is checked (its footer
     and, given ROWS_OF, its row count); a damaged one, which a crash on a file system without

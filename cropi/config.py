@@ -212,10 +212,10 @@ class TrainerConfig:
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
     world_size: int = _f(2, "Trainer ranks (Ray actors, one DeepSpeed data-parallel rank each).", min=1)
     sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.", min=1)
-    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place from its start checkpoint, which the engines already hold or get by one sync) instead of starting them per phase; they hold their resources while selection runs.")
-    sync: str = _f("broadcast", "How weights reach the vLLM workers: broadcast (a gloo/NCCL group of trainer rank 0 and every worker; buckets streamed, loaded in place) | object_store (one safetensors blob through Ray; the fallback).", choices=("broadcast", "object_store"))
-    sync_bucket_mb: float = _f(256.0, "Broadcast sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0)
-    sync_timeout_s: float = _f(600.0, "Broadcast sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0)
+    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place from its start checkpoint, which the engines already hold or get by one sync) instead of starting them per phase. They hold their bundles (GPUs) while the next phase's influence runs: on a cluster the training placement fills, set it false (`cropi plan` refuses a run whose stages cannot be placed beside what it holds).", input=False)
+    sync: str = _f("auto", "How weights reach the vLLM engines: broadcast (a gloo/NCCL group of trainer rank 0 and every engine worker, buckets streamed and loaded in place; NCCL needs them on distinct GPUs: placement split with whole GPUs) | ipc (each trainer rank hands its colocated engine the buckets by shared-memory handles, CUDA IPC on GPUs: placement shared) | object_store (one safetensors blob through Ray; works anywhere, slowest) | auto (ipc for shared placement on cuda, broadcast otherwise; object_store for fractional GPUs under split).", choices=("auto", "broadcast", "ipc", "object_store"), input=False)
+    sync_bucket_mb: float = _f(256.0, "Broadcast and ipc sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0, input=False)
+    sync_timeout_s: float = _f(600.0, "Broadcast and ipc sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0, input=False)
     dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: a step keeps only groups whose G rewards differ, rolling out further batches of prompts_per_step from the selection until prompts_per_step such groups are kept or dynamic_max_batches extra batches are spent (then it trains on what it kept; on none, it skips the update). Extra rollouts are counted in the step metrics (rollout_prompts).")
     dynamic_max_batches: int = _f(3, "Dynamic sampling: extra rollout batches a step may draw beyond its first (verl's max_num_gen_batches less one).", min=0)
     eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1)
@@ -282,23 +282,66 @@ class Config:
         return self
 
     def _check_combinations(self) -> None:
-        """Rules across sections (each field is valid alone)."""
+        """Rules across sections (each field is valid alone). The GPU rules say where NCCL, CUDA IPC,
+        vLLM's executors and Ray's fractional GPUs can work, so a config that would fail on its first
+        GPU step is refused here, naming the fields, before anything is reserved."""
         res = self.resources
-        gpus = {"resources.rollout.num_gpus": res.rollout.num_gpus, "resources.influence.num_gpus": res.influence.num_gpus,
-                "resources.trainer.num_gpus": res.trainer.num_gpus}
+        ro, tr = res.rollout, res.trainer
+        gpus = {"resources.rollout.num_gpus": ro.num_gpus, "resources.influence.num_gpus": res.influence.num_gpus,
+                "resources.trainer.num_gpus": tr.num_gpus}
+        for name, n in gpus.items():  # Ray: a request above one GPU is a count of whole GPUs
+            _require(n <= 1 or float(n).is_integer(), name, f"must be a fraction of one GPU or a whole number, got {n}")
+        sync = self.trainer.sync
         if res.device == "cpu":
             for name, n in gpus.items():
                 _require(n == 0, name, f"is {n} but resources.device is cpu; set it to 0 or resources.device to cuda")
-            _require(res.rollout.tensor_parallel_size == 1, "resources.rollout.tensor_parallel_size",
+            _require(ro.tensor_parallel_size == 1, "resources.rollout.tensor_parallel_size",
                      "must be 1 when resources.device is cpu")
         else:
             for name, n in gpus.items():
                 _require(n > 0, name, "must be > 0 when resources.device is cuda (the actor would see no GPU)")
-        if res.placement == "shared" and res.device == "cuda":
-            both = res.rollout.num_gpus + res.trainer.num_gpus
-            _require(both <= 1 or (res.rollout.num_gpus >= 1 and res.trainer.num_gpus >= 1), "resources.placement",
-                     f"shared puts a rollout worker and a trainer rank in one bundle: fractional GPUs must sum to <= 1, "
-                     f"got {res.rollout.num_gpus} + {res.trainer.num_gpus}")
+            tp = ro.tensor_parallel_size
+            _require(tp == 1 or ro.num_gpus == tp, "resources.rollout.num_gpus",
+                     f"must equal resources.rollout.tensor_parallel_size ({tp}): an engine's {tp} workers each need a "
+                     f"GPU of the engine's bundle, got {ro.num_gpus}")
+            if res.placement == "shared":
+                _require(ro.num_gpus < 1 and tr.num_gpus < 1 and ro.num_gpus + tr.num_gpus <= 1, "resources.placement",
+                         "shared colocates trainer rank i and rollout engine i on one GPU, so "
+                         "resources.rollout.num_gpus + resources.trainer.num_gpus must be fractions summing to <= 1, "
+                         f"got {ro.num_gpus} + {tr.num_gpus}; with whole GPUs each, use placement split")
+                _require(tp == 1, "resources.rollout.tensor_parallel_size",
+                         "must be 1 with placement shared (an engine colocated with a rank has one GPU)")
+                _require(sync != "broadcast", "trainer.sync",
+                         "broadcast with placement shared on cuda puts trainer rank 0 and its colocated engine, two "
+                         "NCCL ranks, on one GPU, which NCCL refuses (ncclInvalidUsage: duplicate GPU); use ipc "
+                         "(CUDA IPC handles) or object_store, or auto")
+            elif sync == "broadcast":
+                _require(ro.num_gpus >= 1 and tr.num_gpus >= 1, "trainer.sync",
+                         "broadcast over NCCL needs trainer rank 0 and every engine worker on distinct GPUs; with "
+                         f"fractional requests (resources.trainer.num_gpus {tr.num_gpus}, resources.rollout.num_gpus "
+                         f"{ro.num_gpus}) Ray may put two on one GPU: request whole GPUs, or use object_store or auto")
+        if sync == "ipc":
+            _require(res.placement == "shared", "trainer.sync",
+                     "ipc hands each engine its colocated trainer rank's buffers, so it needs resources.placement shared")
+            _require(self.train_engines() <= self.trainer.world_size, "trainer.sync",
+                     f"ipc needs a trainer rank beside every engine: {self.train_engines()} engines "
+                     f"(resources.rollout.num_train_engines, else num_workers) > trainer.world_size {self.trainer.world_size}")
+
+    def sync_mode(self) -> str:
+        """trainer.sync with auto resolved: what the weight link really uses."""
+        if self.trainer.sync != "auto":
+            return self.trainer.sync
+        res = self.resources
+        if res.device == "cuda" and res.placement == "shared":
+            return "ipc"
+        if res.device == "cuda" and min(res.rollout.num_gpus, res.trainer.num_gpus) < 1:
+            return "object_store"
+        return "broadcast"
+
+    def colocated_gpu(self) -> bool:
+        """Trainer rank i and rollout engine i share one GPU (placement shared on cuda): the engine
+        sleeps while the rank steps, starts before the ranks load, and gets weights by CUDA IPC."""
+        return self.resources.device == "cuda" and self.resources.placement == "shared"
 
     def train_engines(self) -> int:
         """How many vLLM engines run beside the trainer ranks."""

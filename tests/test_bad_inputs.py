@@ -55,7 +55,7 @@ def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path, caps
     for cmd in ("rollout", "run"):
         rc = main([cmd, "configs/tiny-cpu.yaml", "--set", f"run.dir={tmp_path / 'run'}", "--set", "resources.device=cuda",
                    "--set", "resources.rollout.num_gpus=1", "--set", "resources.trainer.num_gpus=1",
-                   "--set", "resources.influence.num_gpus=1"])
+                   "--set", "resources.influence.num_gpus=1", "--set", "resources.placement=split"])
         err = capsys.readouterr().err
         assert rc == 2 and "resources.device is" in err and "GPU" in err, err  # run: the plan check may say it first
     assert not (tmp_path / "run").exists()

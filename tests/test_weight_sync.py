@@ -106,7 +106,7 @@ def ray4():
     ray.shutdown()
 
 
-def _check_sync(model, engines, world, zero, tmp_tag, check_never_joins=False):
+def _check_sync(model, engines, world, zero, tmp_tag, check_never_joins=False, sync="broadcast"):
     import ray
 
     from cropi.model.loading import load_tokenizer
@@ -117,7 +117,7 @@ def _check_sync(model, engines, world, zero, tmp_tag, check_never_joins=False):
 
     cfg = load_config("configs/tiny-cpu.yaml", [
         f"trainer.world_size={world}", f"trainer.zero_stage={zero}", "trainer.lr=0.1", "trainer.adam_eps=1.0",
-        "trainer.sync=broadcast", "trainer.sync_bucket_mb=0.05", "trainer.sync_timeout_s=60",
+        f"trainer.sync={sync}", "trainer.sync_bucket_mb=0.05", "trainer.sync_timeout_s=60",
         f"resources.rollout.num_workers={len(engines)}", "resources.trainer.num_cpus=0.5", "resources.local_num_cpus=4"])
     tok = load_tokenizer(model)
     full = _batch(tok, n=8)
@@ -128,8 +128,9 @@ def _check_sync(model, engines, world, zero, tmp_tag, check_never_joins=False):
             host, port = ray.get(group.ranks[0].sync_address.remote())
             t0 = time.monotonic()
             with pytest.raises(SyncTimeout, match=r"rollout engine 7 did not join .* within 3 s"):
-                ray.get([r.sync_open.remote(host, port, 2, 3.0, "gloo", ["trainer rank 0", "rollout engine 7"], 2**20)
-                         for r in group.ranks])
+                ray.get([r.sync_open.remote(host, port, 2, 3.0, "gloo", ["trainer rank 0", "rollout engine 7"], 2**20,
+                                             0 if i == 0 else None)
+                         for i, r in enumerate(group.ranks)])
             assert time.monotonic() - t0 < 15
         link = WeightLink(cfg, group, engines)
         link.push()  # the start weights (an engine may hold an earlier group's)
@@ -161,6 +162,19 @@ def test_broadcast_sync_engine_logprobs_equal_trainer(tiny_model, ray4):
     with engine_pool(cfg, str(tiny_model), "bcast") as engines:
         _check_sync(tiny_model, engines, world=1, zero=2, tmp_tag="w1z2", check_never_joins=True)
         _check_sync(tiny_model, engines, world=2, zero=3, tmp_tag="w2z3")
+
+
+@pytest.mark.integration
+def test_ipc_sync_engine_logprobs_equal_trainer(tiny_model, ray4):
+    """Colocated sync by shared-memory handles (CUDA IPC on a GPU, POSIX shared memory here): each
+    trainer rank hands the engine beside it its own buffers; ZeRO-2 (two senders, the ranks' own
+    copies) and ZeRO-3 (every rank gathers, each sends), and a rank without an engine."""
+    from cropi.rollout.engine_actor import engine_pool
+
+    cfg = load_config("configs/tiny-cpu.yaml", ["resources.rollout.num_workers=2", "resources.rollout.num_cpus=1"])
+    with engine_pool(cfg, str(tiny_model), "ipc") as engines:
+        _check_sync(tiny_model, engines, world=2, zero=2, tmp_tag="ipc-w2z2", sync="ipc")
+        _check_sync(tiny_model, engines, world=2, zero=3, tmp_tag="ipc-w2z3", sync="ipc")
 
 
 @pytest.mark.integration

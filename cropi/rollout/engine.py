@@ -45,6 +45,29 @@ def open_engine(cfg, model_path: str, worker_index: int):
             load_reward(cfg.data))
 
 
+def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
+    """The vllm.LLM arguments of an engine (pure: every name is checked against vLLM's by
+    cropi.stack, on both stacks).
+
+    Tensor parallelism inside our own actor takes vLLM's multiprocessing executor: by default
+    vLLM picks its Ray executor inside a placement group, which refuses a bundle of more than one
+    GPU (vllm/v1/executor/ray_utils.py), and our engine's bundle holds all its TP GPUs."""
+    from cropi.logs import verbose
+
+    r = cfg.resources.rollout
+    kwargs = dict(model=str(model_path), dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len,
+                  seed=seed, tensor_parallel_size=r.tensor_parallel_size,
+                  worker_extension_cls="cropi.rollout.weight_sync.WeightSyncExtension", use_tqdm_on_load=verbose())
+    if r.tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "mp"
+    if cfg.resources.device == "cpu":
+        kwargs["enforce_eager"] = True  # compiled graphs start slower on CPU and gain nothing at this size
+    else:
+        kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = sleeps(cfg)
+    return kwargs
+
+
 def make_llm(cfg, model_path: str, seed: int):
     from cropi.logs import quiet_early_loggers
 
@@ -53,25 +76,15 @@ def make_llm(cfg, model_path: str, seed: int):
         os.environ.setdefault(k, v)
     from vllm import LLM
 
-    from cropi.logs import verbose
-
-    r = cfg.resources.rollout
-    kwargs = dict(model=str(model_path), dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len,
-                  seed=seed, tensor_parallel_size=r.tensor_parallel_size,
-                  worker_extension_cls="cropi.rollout.weight_sync.WeightSyncExtension", use_tqdm_on_load=verbose())
-    if cfg.resources.device == "cpu":
-        kwargs["enforce_eager"] = True  # compiled graphs start slower on CPU and gain nothing at this size
-    else:
-        kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
-        kwargs["enable_sleep_mode"] = sleeps(cfg)
-    return LLM(**kwargs)
+    return LLM(**llm_kwargs(cfg, model_path, seed))
 
 
 def sleeps(cfg) -> bool:
-    """GPU colocation (resources.placement: shared on cuda): the engine sleeps (vLLM sleep mode
-    level 1: weights offloaded to host memory, KV cache freed) while the trainer rank on its GPU
-    steps, and wakes for the weight sync and the next rollouts. Not available on CPU."""
-    return cfg.resources.device == "cuda" and cfg.resources.placement == "shared"
+    """GPU colocation (resources.placement: shared on cuda, fractional GPUs: cropi.config): the
+    engine sleeps (vLLM sleep mode level 1: weights offloaded to host memory, KV cache freed)
+    while the trainer rank on its GPU steps, and wakes for the weight sync and the next rollouts.
+    Not available on CPU (vLLM refuses sleep mode there)."""
+    return cfg.colocated_gpu()
 
 
 @dataclass

@@ -52,12 +52,14 @@ class RolloutEngine:
         self.llm.wake_up(tags)
 
     def sync_open(self, host: str, port: int, first_rank: int, world: int, timeout_s: float, backend: str,
-                  name: str) -> list[int]:
-        """Broadcast sync: every vLLM worker of this engine joins trainer rank 0's group."""
-        return self.llm.collective_rpc("cropi_sync_open", args=(host, port, first_rank, world, timeout_s, backend, name))
+                  name: str, sender: int = 0, sender_name: str = "trainer rank 0") -> list[int]:
+        """Broadcast or ipc sync: every vLLM worker of this engine joins the sync group; `sender` is
+        the group rank that sends to it."""
+        return self.llm.collective_rpc("cropi_sync_open", args=(host, port, first_rank, world, timeout_s, backend, name,
+                                                                sender, sender_name))
 
     def sync_receive(self, sync_id: int) -> dict:
-        """Broadcast sync: receive the weights in place, then drop prefixes cached under the old ones."""
+        """Broadcast or ipc sync: receive the weights in place, then drop prefixes cached under the old ones."""
         out = self.llm.collective_rpc("cropi_sync_receive", args=(sync_id,))[0]
         self.llm.reset_prefix_cache()
         return out

@@ -1,9 +1,15 @@
-"""`SyncChannel`: the process group of trainer rank 0 (rank 0) and every vLLM worker (ranks
-1..P), set up once for the life of the engines and the trainer group.
+"""`SyncChannel`: the weight-sync group of the trainer ranks that send and the vLLM workers that
+receive, set up once for the life of the engines and the trainer group.
+
+    broadcast (backend gloo | nccl)  rank 0 is trainer rank 0, ranks 1..P every vLLM worker; a torch
+                                     ProcessGroupGloo (CPU) or ProcessGroupNCCL (GPU) carries the buckets
+    ipc (backend store)              ranks 0..n-1 are trainer ranks 0..n-1, rank n+i is engine i, each
+                                     engine paired with the rank colocated with it; bucket handles
+                                     (cropi.sync.handles) travel as JSON through the store, no process group
 
 Built without a default process group, so it lives beside the trainer's own DeepSpeed group and
-vLLM's groups without touching them: rank 0 hosts a TCPStore, every peer connects to it, and a
-torch ProcessGroupGloo (CPU) or ProcessGroupNCCL (GPU) is constructed on that store directly.
+vLLM's groups without touching them: rank 0 hosts a TCPStore, every peer connects to it, and the
+process group, if any, is constructed on that store directly.
 
 No collective may hang: rank 0 waits for each peer's key in the store (`joined`, `ready`,
 `done`) with a deadline and, when one is missing, raises a CropiError naming exactly the peers
@@ -35,13 +41,17 @@ def free_port() -> int:
 
 class SyncChannel:
     def __init__(self, host: str, port: int, rank: int, world: int, timeout_s: float, backend: str = "gloo",
-                 peer_names: list[str] | None = None, device: str = "cpu"):
+                 peer_names: list[str] | None = None, device: str = "cpu", partners: list[int] | None = None):
         """rank 0 creates the store (and must be given peer_names: what to call rank r in errors);
-        rank r > 0 connects to it. Blocks until every rank has joined, or raises naming the missing."""
+        rank r > 0 connects to it. Rank 0 blocks until every rank has joined, or raises naming the
+        missing. `partners`: the ranks whose answers this rank waits for (default: rank 0 waits for
+        every other rank, as a broadcast root does)."""
         import torch.distributed as dist
 
         self.rank, self.world, self.timeout_s, self.device = rank, world, float(timeout_s), device
+        self.backend = backend
         self.peer_names = peer_names or [f"sync rank {r}" for r in range(world)]
+        self.partners = list(range(1, world)) if partners is None else list(partners)
         self._timeout = timedelta(seconds=self.timeout_s)
         where = f"weight sync group at {host}:{port}"
         try:
@@ -52,33 +62,35 @@ class SyncChannel:
                               f"{self.timeout_s:.0f} s: {e}") from None
         self.store.set(f"joined/{rank}", "1")
         if rank == 0:
-            self.wait_for("joined", "join the weight sync group")
+            self.wait_for("joined", "join the weight sync group", list(range(1, world)))
         if backend == "gloo":
             self.pg = dist.ProcessGroupGloo(dist.PrefixStore("pg", self.store), rank, world, self._timeout)
-        elif backend == "nccl":  # GPU path: not run on the CPU-only CI machines
+        elif backend == "nccl":  # GPU path (cropi.stack lists it): not run on the CPU-only CI machines
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = self._timeout
             self.pg = dist.ProcessGroupNCCL(dist.PrefixStore("pg", self.store), rank, world, opts)
+        elif backend == "store":  # ipc: handles go through the store, the data never leaves the GPU
+            self.pg = None
         else:
-            raise CropiError(f"weight sync backend must be gloo or nccl, got {backend!r}")
+            raise CropiError(f"weight sync backend must be gloo, nccl or store, got {backend!r}")
 
     # -- the store: small control messages, and who has answered ------------------------------
-    def missing(self, key: str) -> list[int]:
-        return [r for r in range(1, self.world) if not self.store.check([f"{key}/{r}"])]
+    def missing(self, key: str, ranks: list[int] | None = None) -> list[int]:
+        ranks = list(range(1, self.world)) if ranks is None else ranks
+        return [r for r in ranks if not self.store.check([f"{key}/{r}"])]
 
-    def wait_for(self, key: str, what: str) -> None:
-        """Rank 0: wait until every peer r has set key/r, or raise naming those that did not."""
+    def wait_for(self, key: str, what: str, ranks: list[int] | None = None) -> None:
+        """Wait until every rank r of `ranks` (default: this rank's partners) has set key/r, or
+        raise naming those that did not."""
+        ranks = self.partners if ranks is None else ranks
         deadline = time.monotonic() + self.timeout_s
-        while missing := self.missing(key):
+        while missing := self.missing(key, ranks):
             if time.monotonic() > deadline:
                 names = ", ".join(self.peer_names[r] for r in missing)
                 raise SyncTimeout(f"weight sync: {names} did not {what} within {self.timeout_s:.0f} s "
-                                  f"(trainer.sync_timeout_s); {len(self.world_peers()) - len(missing)} of "
-                                  f"{len(self.world_peers())} peers did. Is the engine alive and idle?")
+                                  f"(trainer.sync_timeout_s); {len(ranks) - len(missing)} of "
+                                  f"{len(ranks)} peers did. Is the engine alive and idle?")
             time.sleep(0.02)
-
-    def world_peers(self) -> list[int]:
-        return list(range(1, self.world))
 
     def mark(self, key: str) -> None:
         self.store.set(f"{key}/{self.rank}", "1")
@@ -87,12 +99,16 @@ class SyncChannel:
         """A control message (text, e.g. JSON; never a pickle, which would run code on the receiver)."""
         self.store.set(key, text)
 
-    def fetch(self, key: str) -> str:
+    def fetch(self, key: str, sender: str = "trainer rank 0") -> str:
         try:
             return self.store.get(key).decode()  # blocks up to the store's timeout
         except Exception as e:
-            raise SyncTimeout(f"weight sync: {self.peer_names[self.rank]} got no {key!r} from trainer rank 0 "
+            raise SyncTimeout(f"weight sync: {self.peer_names[self.rank]} got no {key!r} from {sender} "
                               f"within {self.timeout_s:.0f} s: {e}") from None
+
+    def forget(self, key: str) -> None:
+        """Drop a control message once read (ipc: one per bucket per sync)."""
+        self.store.delete_key(key)
 
     # -- the data: one broadcast per bucket -----------------------------------------------------
     def broadcast(self, buf: torch.Tensor, what: str) -> None:

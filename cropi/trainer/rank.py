@@ -84,8 +84,15 @@ class TrainerRank:
         """One optimizer step; `shard` is this rank's part of the global batch."""
         from cropi.trainer.step import Accumulator, grpo_step
 
-        return grpo_step(Accumulator.deepspeed(self.engine), self.ref, shard, self.cfg.trainer, global_norm,
-                         self.world, self.device)
+        out = grpo_step(Accumulator.deepspeed(self.engine), self.ref, shard, self.cfg.trainer, global_norm,
+                        self.world, self.device)
+        if self.cfg.colocated_gpu():
+            import torch
+
+            # the step's activations go back to the device, not to this process's cache: the engine
+            # on this GPU wakes its KV cache next, at the size it had at start-up
+            torch.cuda.empty_cache()
+        return out
 
     def save_state(self, directory: str, step: int) -> None:
         """DeepSpeed checkpoint (model, optimizer, step) to resume mid-phase; collective."""
@@ -113,18 +120,22 @@ class TrainerRank:
         return ray.util.get_node_ip_address(), free_port()
 
     def sync_open(self, host: str, port: int, world: int, timeout_s: float, backend: str,
-                  peer_names: list[str], bucket_bytes: int) -> None:
-        """Every rank plans the buckets (ZeRO-3 gathers them in that order); rank 0 opens the group
-        with the vLLM workers (blocks until all joined, or raises naming who did not)."""
+                  peer_names: list[str], bucket_bytes: int, store_rank: int | None = None,
+                  partners: list[int] | None = None) -> None:
+        """Every rank plans the buckets (ZeRO-3 gathers them in that order); a rank given a
+        store_rank sends and joins the sync group (rank 0 hosts it and blocks until all joined, or
+        raises naming who did not; partners are the receivers it waits for)."""
         from cropi.sync.buckets import plan_to_json
         from cropi.sync.channel import SyncChannel
         from cropi.sync.sender import sync_plan
 
         self.sync_plan = sync_plan(self.engine.module, bucket_bytes)
         self.channel = None
-        if self.rank == 0:
-            self.channel = SyncChannel(host, port, 0, world, timeout_s, backend, peer_names, self.device)
-            self.channel.publish("plan", plan_to_json(self.sync_plan))
+        if store_rank is not None:
+            self.channel = SyncChannel(host, port, store_rank, world, timeout_s, backend, peer_names, self.device,
+                                       partners)
+            if store_rank == 0:
+                self.channel.publish("plan", plan_to_json(self.sync_plan))
 
     def sync_send(self, sync_id: int) -> dict:
         """Broadcast the current weights (rank 0); under ZeRO-3 all ranks gather bucket by bucket."""

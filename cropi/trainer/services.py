@@ -22,6 +22,14 @@ from pathlib import Path
 DEATH_HINT = "rerun the same command to resume from the last DeepSpeed checkpoint (finished phases are kept)"
 
 
+def engines_first(cfg) -> bool:
+    """Start the engines, and wait until they are up, before the trainer ranks load: on a GPU
+    shared with a rank (cropi.config.colocated_gpu), vLLM measures the device's free memory while
+    it starts, and a rank allocating beside it then would shrink its KV cache or fail its check
+    that the free memory covers gpu_memory_utilization. Elsewhere both start at once (faster)."""
+    return cfg.colocated_gpu()
+
+
 class TrainingServices:
     def __init__(self, cfg, start_ckpt: str, tag: str = "run"):
         from cropi.placement import training_placement
@@ -36,6 +44,8 @@ class TrainingServices:
         self.placement, rank_bundles, engine_bundles = training_placement(cfg)
         try:
             self.engines = engine_pool(cfg, start_ckpt, tag, self.placement, engine_bundles, on_death=DEATH_HINT)
+            if engines_first(cfg):
+                self.engines.each(lambda e: e.ready.remote())
             self.group = TrainerGroup(cfg, start_ckpt, str(Path(cfg.model.path).resolve()), tag=tag,
                                       placement=self.placement, bundles=rank_bundles, on_death=DEATH_HINT)
             self.link = WeightLink(cfg, self.group, self.engines)

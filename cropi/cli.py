@@ -5,7 +5,7 @@
   cropi influence CONFIG --phase M gradient actors score every prompt against theta_M
   cropi select CONFIG --phase M    select phase M's subset from its influence output
   cropi train CONFIG --phase M     one GRPO phase on the phase's selection
-  cropi plan CONFIG                estimated peak memory per device of every stage (run refuses what does not fit)
+  cropi plan CONFIG [--cluster S]  fit, placement and cost of every stage (run refuses what does not fit or place)
   cropi run CONFIG [--method M]    the whole loop: buffer, then per phase influence, select, train
   cropi compare CONFIG --methods A B --seeds 0 1 2   arms x seeds under run.dir, then the report
   cropi compare-report ROOT [--out DIR]  the comparison's report (curves, table, intervals)
@@ -145,13 +145,13 @@ def cmd_run(args) -> int:
     from cropi.report import write_report
 
     from cropi.model.loading import check_model_dir
-    from cropi.plan import check, estimate
+    from cropi.plan import preflight
 
     from cropi.ray_utils import check_device
 
     cfg = _load(args)
     check_model_dir(cfg.model.path)
-    check(estimate(cfg))  # refuse before anything launches
+    preflight(cfg, args.method)  # refuse before anything launches: fit and placement
     check_device(cfg)
     t0 = time.time()
     result = run_loop(cfg, args.method)
@@ -161,13 +161,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    """Estimated peak memory per device for every stage; exit 2 if a stage does not fit."""
-    from cropi.plan import check, estimate, render
+    """Fit, placement and cost of every stage on a cluster shape; exit 2 if it does not fit or place."""
+    from cropi.plan import check, make_plan, parse_cluster, render, reserve_in_order
 
     cfg = _load(args)
-    plan = estimate(cfg)
+    cluster = parse_cluster(args.cluster) if args.cluster else None
+    plan = make_plan(cfg, cluster, args.method, args.pool_size or None)
+    if args.reserve:  # the same placement groups, made for real on the Ray cluster (or a local head)
+        from cropi.ray_utils import ray_session
+
+        with ray_session(cfg):
+            plan["reserved"] = reserve_in_order(cfg, args.method)
     print(json.dumps(plan, indent=2) if args.json else render(plan))
+    if args.reserve and not args.json:
+        print("\nreserved on Ray: " + ", ".join(f"{r['stage']} {'ok' if r['placed'] else 'NOT PLACED'}"
+                                              for r in plan["reserved"]))
     check(plan)
+    if args.reserve and not all(r["placed"] for r in plan["reserved"]):
+        raise CropiError(f"{next(r['stage'] for r in plan['reserved'] if not r['placed'])}: its placement group "
+                         "was not placed on the Ray cluster (see above)")
     return 0
 
 
@@ -251,8 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="cropi", choices=METHODS,
                    help="cropi (influence-guided), full (whole pool) or random (random alpha per phase)")
     p.set_defaults(fn=cmd_run)
-    p = _with_config(sub.add_parser("plan", help="estimated peak memory per device for every stage, before launch"))
-    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p = _with_config(sub.add_parser("plan", help="fit, placement and cost of every stage, before launch"))
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--cluster", default="", metavar="NxGxTYPE",
+                   help="cluster shape, e.g. 1x8xH100-80GB or 4x8xH100-80GB:cpus=128 (default: this machine)")
+    p.add_argument("--method", default="cropi", choices=METHODS, help="the loop whose stages are planned")
+    p.add_argument("--pool-size", type=int, default=0, help="training prompts, for the cost (default: counted from "
+                   "data.train_path, or the synthetic train_size)")
+    p.add_argument("--reserve", action="store_true", help="also create every stage's placement group in order on the "
+                   "Ray cluster (RAY_ADDRESS / resources.ray_address, else a local head): reservations only, no actors")
     p.set_defaults(fn=cmd_plan)
     p = _with_config(sub.add_parser("demo", help="the tiny demo: base model pass rates, then cropi run"))
     p.set_defaults(fn=cmd_demo)

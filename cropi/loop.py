@@ -48,6 +48,7 @@ Departures from the paper (arXiv 2510.26491) and the authors' release:
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 
@@ -129,6 +130,10 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     timings: dict[str, float] = {}
     services = None  # the training engines and ranks, started by the first phase that trains
     with ray_session(cfg, dashboard=True), contextlib.ExitStack() as keep:
+        if os.environ.get("RAY_ADDRESS") or cfg.resources.ray_address:
+            from cropi.plan import check_live_placement
+
+            check_live_placement(cfg, method)  # every stage, in order, onto the nodes of the cluster joined
         metrics = RunMetrics(paths.root, paths.root.name)
         keep.callback(metrics.close)
         trackers = Trackers(cfg, paths.root)

@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None, method: str = "cropi") -> int:
         if not cfg.resources.ray_address:
             cfg.resources.ray_address = "auto"  # inside a Ray job: join its cluster
         from cropi.model.loading import check_model_dir
-        from cropi.plan import check, estimate
+        from cropi.plan import preflight
 
         check_model_dir(cfg.model.path)
-        check(estimate(cfg))  # refuse before anything launches
+        preflight(cfg, getattr(args, "method", method))  # refuse before anything launches
         result = run_loop(cfg, getattr(args, "method", method))
         result["report"] = str(write_report(cfg.run.dir))
     except CropiError as e:

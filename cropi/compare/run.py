@@ -68,6 +68,10 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     cfgs = {(s, a.name): arm_config(config_path, overrides, a, s, root) for s in seeds for a in arms}  # all valid first
     check_device(base)
     check_model_dir(base.model.path)
+    from cropi.plan import preflight
+
+    for a in arms:  # fit and placement of each arm's loop, before any arm runs
+        preflight(cfgs[(seeds[0], a.name)], a.method)
     old = read_json_if(root / "compare.json", "compare record") or {}
     record = {"config": str(config_path), "overrides": list(overrides), "arms": [a.name for a in arms],
               "seeds": list(seeds), "arm_overrides": {a.name: [a.method, *a.overrides] for a in arms},

@@ -76,6 +76,11 @@ def make_llm(cfg, model_path: str, seed: int):
         os.environ.setdefault(k, v)
     from vllm import LLM
 
+    if sleeps(cfg) and "expandable_segments:True" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+        from cropi.errors import CropiError
+
+        raise CropiError("PYTORCH_CUDA_ALLOC_CONF has expandable_segments:True, which vLLM's sleep mode (placement "
+                         "shared on cuda) cannot use: unset it for the rollout engines")
     return LLM(**llm_kwargs(cfg, model_path, seed))
 
 

@@ -97,7 +97,7 @@ class WeightSyncExtension:
 
         def stream():
             nonlocal count
-            for b, buf in zip(plan, arrive(plan, waited)):
+            for buf, b in zip(arrive(plan, waited), plan):  # arrive first: it ends (and drops its last buffer) with the plan
                 for name, tensor in unflatten(b, buf):
                     count += 1
                     yield name, tensor
@@ -106,9 +106,12 @@ class WeightSyncExtension:
 
         self.reload_weights(weights_iterator=stream())
         if ch.device != "cpu":
+            import gc
+
             import torch
 
             torch.cuda.synchronize()  # the copies out of the trainer's buffers are done before it may free them
+            gc.collect()  # and no view of them is left here: the trainer's ipc_collect can reclaim them
         ch.mark(f"done/{sync_id}")
         return {"tensors": count, "seconds": time.perf_counter() - t0, "receive_seconds": waited[0]}
 

@@ -131,6 +131,12 @@ class TrainerRank:
 
         self.sync_plan = sync_plan(self.engine.module, bucket_bytes)
         self.channel = None
+        if backend == "store" and self.device != "cpu":
+            import torch
+
+            # CUDA IPC cannot export memory of expandable segments (or needs pidfd_getfd, refused in
+            # containers): the buckets this rank exports come from classic cudaMalloc blocks
+            torch.cuda.memory._set_allocator_settings("expandable_segments:False")
         if store_rank is not None:
             self.channel = SyncChannel(host, port, store_rank, world, timeout_s, backend, peer_names, self.device,
                                        partners)

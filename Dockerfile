@@ -2,8 +2,10 @@
 #               CPU (tests, demo):       docker build --target cpu -t cropi:cpu .
 # Both run `python -m ray_jobs.cropi_loop` under Ray; the cluster files in cluster/ use them.
 
-# ---- GPU: CUDA torch + vLLM + DeepSpeed (NCCL) ----
-FROM nvidia/cuda:12.8.1-devel-ubuntu22.04 AS gpu
+# ---- GPU: CUDA torch + vLLM + DeepSpeed (NCCL), pinned in pyproject's gpu extra (cropi/stack.py) ----
+# torch 2.13.0 from PyPI is a CUDA 13.0 build: the base image's CUDA (nvcc for DeepSpeed's and
+# flashinfer's JIT kernels) matches it, and the host driver must support CUDA 13.0.
+FROM nvidia/cuda:13.0.1-devel-ubuntu22.04 AS gpu
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev git \
     && rm -rf /var/lib/apt/lists/*
@@ -13,8 +15,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cropi ./cropi
 COPY ray_jobs ./ray_jobs
-RUN pip install --upgrade pip && pip install -e ".[gpu]"
+RUN pip install --upgrade pip && pip install -e ".[gpu]" && pip check
 COPY configs ./configs
+COPY scripts ./scripts
 # Ray token auth stays on: clients need RAY_AUTH_TOKEN / ~/.ray/auth_token (see README, Running on a cluster)
 CMD ["python", "-m", "cropi.cli", "--help"]
 

@@ -14,17 +14,25 @@ TORCH_VERSION := 2.13.0+cpu
 CONFIG ?= configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all faults base-model bench compare clean
+.PHONY: setup demo test test-all faults base-model bench compare clean check-gpu-stack
 
-$(VENV)/.installed: pyproject.toml
+# one stamp per set of extras: a .venv set up for other extras (cpu,dev vs gpu,dev) is rebuilt, not
+# reused; the CUDA-only torchvision/torchaudio/torchcodec are removed on the CPU stack only (vllm
+# needs them on the GPU stack, where `pip check` must pass)
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+OTHER_STAMPS := $(filter-out $(STAMP),$(wildcard $(VENV)/.installed*))
+
+$(STAMP): pyproject.toml
+	$(if $(OTHER_STAMPS),rm -rf $(VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(if $(findstring cpu,$(EXTRAS)),sh scripts/install-torch $(PIP) $(TORCH_VERSION) $(TORCH_INDEX),@echo "EXTRAS=$(EXTRAS): torch comes with the extras")
 	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(if $(findstring cpu,$(EXTRAS)),$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true,$(PIP) check)
 	$(PY) -c "import cropi, torch, vllm, ray, deepspeed, transformers, pyarrow"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(STAMP)
 
 base-model: setup
 	$(PY) -m cropi.cli make-base-model $(CONFIG)
@@ -55,6 +63,20 @@ SEEDS ?= 0 1 2
 compare: setup
 	$(PY) -m cropi.cli make-base-model $(COMPARE_CONFIG)
 	$(PY) -m cropi.cli compare $(COMPARE_CONFIG) --methods $(ARMS) --seeds $(SEEDS)
+
+# The pinned GPU stack (pyproject's gpu extra) in a throwaway venv: resolve it (fails on a conflict),
+# install it (CUDA torch and vllm wheels, several GB; they import without a GPU), `pip check`, then
+# check every vLLM, DeepSpeed and torch call the GPU path makes (cropi/stack.py). Not in CI.
+# --isolated: this machine's pip config (a local CPU torch wheel, caps) must not stand in for PyPI's.
+GPU_STACK_DIR ?= /tmp/cropi-gpu-stack
+GPU_STACK_PIP ?= --isolated
+check-gpu-stack:
+	rm -rf $(GPU_STACK_DIR) && $(PYTHON) -m venv $(GPU_STACK_DIR)/venv
+	$(GPU_STACK_DIR)/venv/bin/pip install -q $(GPU_STACK_PIP) --upgrade pip
+	$(GPU_STACK_DIR)/venv/bin/pip install -q $(GPU_STACK_PIP) --dry-run --ignore-installed --report $(GPU_STACK_DIR)/resolved.json ".[gpu,dev]"
+	$(GPU_STACK_DIR)/venv/bin/pip install -q $(GPU_STACK_PIP) ".[gpu,dev]"
+	$(GPU_STACK_DIR)/venv/bin/pip check
+	cd $(GPU_STACK_DIR) && venv/bin/python -m cropi.stack --resolved resolved.json
 
 clean:
 	rm -rf runs artifacts benchmarks/results/*.tmp

@@ -301,9 +301,6 @@ class Config:
             for name, n in gpus.items():
                 _require(n > 0, name, "must be > 0 when resources.device is cuda (the actor would see no GPU)")
             tp = ro.tensor_parallel_size
-            _require(tp == 1 or ro.num_gpus == tp, "resources.rollout.num_gpus",
-                     f"must equal resources.rollout.tensor_parallel_size ({tp}): an engine's {tp} workers each need a "
-                     f"GPU of the engine's bundle, got {ro.num_gpus}")
             if res.placement == "shared":
                 _require(ro.num_gpus < 1 and tr.num_gpus < 1 and ro.num_gpus + tr.num_gpus <= 1, "resources.placement",
                          "shared colocates trainer rank i and rollout engine i on one GPU, so "
@@ -315,7 +312,10 @@ class Config:
                          "broadcast with placement shared on cuda puts trainer rank 0 and its colocated engine, two "
                          "NCCL ranks, on one GPU, which NCCL refuses (ncclInvalidUsage: duplicate GPU); use ipc "
                          "(CUDA IPC handles) or object_store, or auto")
-            elif sync == "broadcast":
+            _require(tp == 1 or ro.num_gpus == tp, "resources.rollout.num_gpus",
+                     f"must equal resources.rollout.tensor_parallel_size ({tp}): an engine's {tp} workers each need a "
+                     f"GPU of the engine's bundle, got {ro.num_gpus}")
+            if res.placement == "split" and sync == "broadcast":
                 _require(ro.num_gpus >= 1 and tr.num_gpus >= 1, "trainer.sync",
                          "broadcast over NCCL needs trainer rank 0 and every engine worker on distinct GPUs; with "
                          f"fractional requests (resources.trainer.num_gpus {tr.num_gpus}, resources.rollout.num_gpus "

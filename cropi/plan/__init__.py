@@ -32,7 +32,8 @@ def make_plan(cfg, cluster: Cluster | None = None, method: str = "cropi", pool_s
     plan = estimate(cfg, shape, dev_gib)
     parts = actor_parts(cfg, shape, plan["device_memory_gib"])
     verdict = simulate(cfg, cluster, parts, method)
-    plan.update(cluster=cluster.name, method=method, placement=verdict.stages, placement_problem=verdict.problem)
+    plan.update(cluster=cluster.name, method=method, sync=cfg.sync_mode(), placement=verdict.stages,
+                placement_problem=verdict.problem)
     if with_cost:
         plan["cost"] = estimate_cost(cfg, shape, cluster, work_of(cfg, pool_size))
     return plan

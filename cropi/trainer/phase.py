@@ -192,6 +192,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     prompts = [p for p in out["prompt_ids"] for _ in range(t.group_size)]
     row_ids = [r for r in out["row_ids"] for _ in range(t.group_size)]
     responses = [r for g in out["response_ids"] for r in g]
+    engine_lp = [lp for g in out["logprobs"] for lp in g]
     advs = adv.flatten().tolist()
     lengths = torch.tensor([len(r) for r in responses])
     mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B*G, T]
@@ -202,7 +203,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
                           t.max_tokens_per_micro_batch)
     shards = [{"prompt_ids": [prompts[i] for i in ix], "response_ids": [responses[i] for i in ix],
                "advantages": [advs[i] for i in ix], "row_ids": [row_ids[i] for i in ix], "pad_id": tok.pad_token_id,
-               "micro_batches": mb}
+               "engine_logprobs": [engine_lp[i] for i in ix], "micro_batches": mb}
               for ix, mb in zip(parts, micro)]
     t0 = time.time()
     if services.sleeps:
@@ -224,6 +225,9 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
          "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,
          "clip_frac": sum(r["clip_sum"] for r in ranks) / ntok,
          "entropy": sum(r["entropy_sum"] for r in ranks) / ntok, "grad_norm": ranks[0]["grad_norm"],
+         # the engines sampled with the weights synced after the last step: |their log-prob - the trainer's|
+         "engine_logprob_gap": sum(r["engine_gap_sum"] for r in ranks) / ntok,
+         "engine_logprob_gap_max": max(r["engine_gap_max"] for r in ranks),
          "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()),
          "micro_batches": ranks[0]["micro_batches"], "skipped_step": max(r["skipped_step"] for r in ranks), **timing})
     m["tokens_per_s"] = ntok / max(sum(timing.values()), 1e-9)

@@ -83,7 +83,9 @@ def grpo_step(acc: Accumulator, ref, shard: dict, tcfg, global_norm: float, worl
     (index lists; default one micro-batch) -> metrics (sums, for the driver)."""
     t_logp = t_train = 0.0
     micro = shard.get("micro_batches") or [list(range(len(shard["response_ids"])))]
-    m = {"loss_sum": 0.0, "tokens": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "entropy_sum": 0.0}
+    m = {"loss_sum": 0.0, "tokens": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "entropy_sum": 0.0, "engine_gap_sum": 0.0,
+         "engine_gap_max": 0.0}
+    engine_lp = shard.get("engine_logprobs")  # the rollout engine's log-probs of the sampled tokens
     policy = acc.module
     policy.train()
     rows = shard.get("row_ids") or list(range(len(shard["response_ids"])))
@@ -118,6 +120,12 @@ def grpo_step(acc: Accumulator, ref, shard: dict, tcfg, global_norm: float, worl
             m["kl_sum"] += float((k3.detach() * mask).sum())
             m["clip_sum"] += float((clipped.float() * mask).sum())
             m["entropy_sum"] += float((ent * mask).sum())
+            if engine_lp is not None:  # does the engine sample from the weights this rank trains? (sync check)
+                eng = torch.zeros_like(old)
+                eng[target] = torch.tensor([x for i in idx for x in engine_lp[i]], dtype=old.dtype, device=old.device)
+                gap = (eng - old).abs() * mask
+                m["engine_gap_sum"] += float(gap.sum())
+                m["engine_gap_max"] = max(m["engine_gap_max"], float(gap.max()))
     t0 = time.time()
     out = {**m, "micro_batches": len(micro), "logprob_seconds": t_logp}
     if acc.any_rank(found is not None):  # every rank takes this branch together

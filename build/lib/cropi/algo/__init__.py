@@ -1,0 +1,1 @@
+"""Pure tensor-in/tensor-out RL math (no Ray, no DeepSpeed)."""

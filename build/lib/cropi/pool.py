@@ -1,0 +1,123 @@
+"""`WorkerPool`: the one lifecycle of a stage's Ray actors.
+
+    with WorkerPool(BufferWriter, lambda i: (cfg, model, i), count=n, cpus=1, gpus=0,
+                    what="buffer", name="cropi-rollout-buffer") as pool:
+        results = pool.map(lambda w, spec: w.build_shard.remote(spec, out), specs, on_done=bar)
+
+It reserves one placement-group bundle per actor (or takes bundles of a group the caller holds,
+as training does for ranks and engines that share bundles), starts the actors, hands out work
+one item per idle actor through a `ray.wait` queue, and kills the actors and releases what it
+reserved when the block ends, on success or on any exception. A CropiError raised inside an actor
+surfaces as itself; an actor that dies becomes a CropiError that names the stage and the item,
+and says a rerun resumes (every stage writes its outputs atomically, item by item).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from cropi.errors import CropiError
+from cropi.placement import Placement, PlacementWait, workers_placement
+
+
+def with_log_env(options: dict | None) -> dict:
+    """The actor options with cropi's log settings (cropi.logs) in runtime_env.env_vars; the
+    caller's own env_vars win where they name the same variable."""
+    from cropi.logs import actor_env
+
+    options = dict(options or {})
+    renv = dict(options.get("runtime_env") or {})
+    renv["env_vars"] = {**actor_env(), **(renv.get("env_vars") or {})}
+    options["runtime_env"] = renv
+    return options
+
+
+class WorkerPool:
+    def __init__(self, actor_cls, args_of: Callable[[int], tuple], *, count: int, cpus: float, gpus: float,
+                 what: str, name: str, options: dict | None = None, placement: Placement | None = None,
+                 bundles: Sequence[int] | None = None, wait: PlacementWait = PlacementWait(), fields: str = "",
+                 on_death: str = "rerun the same command to resume: finished work is kept"):
+        self.what, self.on_death = what, on_death
+        self.owns_placement = placement is None
+        self.placement = workers_placement(count, cpus, gpus, what, wait, fields) if placement is None else placement
+        bundles = list(range(count)) if bundles is None else list(bundles)
+        if len(bundles) != count:
+            raise CropiError(f"{what}: {count} actors need {count} bundles, got {len(bundles)}")
+        self.actors: list = []
+        options = with_log_env(options)
+        try:
+            for i, b in enumerate(bundles):
+                self.actors.append(actor_cls.options(
+                    name=f"{name}-{i}", num_cpus=cpus, num_gpus=gpus,
+                    scheduling_strategy=self.placement.strategy(b), **options).remote(*args_of(i)))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        if self.owns_placement and self.placement is not None:
+            self.placement.remove()
+            self.placement = None
+
+    def _died(self, e: Exception, item: Any, describe: Callable[[Any], str]) -> CropiError:
+        from cropi.errors import WorkerDied
+
+        return WorkerDied(f"{self.what}: a worker died while working on {describe(item)} ({type(e).__name__}); "
+                          + self.on_death)
+
+    def map(self, call: Callable[[Any, Any], Any], items: Sequence, on_done: Callable[[Any, Any], None] | None = None,
+            describe: Callable[[Any], str] = str) -> list:
+        """call(actor, item) -> ObjectRef for every item, at most one in flight per actor;
+        results in item order. on_done(item, result) runs as each finishes."""
+        import ray
+
+        from cropi.ray_utils import get
+
+        results: list = [None] * len(items)
+        queue = list(range(len(items)))
+        idle = list(self.actors)
+        pending: dict = {}
+        while queue or pending:
+            while queue and idle:
+                actor, i = idle.pop(), queue.pop(0)
+                pending[call(actor, items[i])] = (actor, i)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            actor, i = pending.pop(done[0])
+            try:
+                results[i] = get(done[0])
+            except ray.exceptions.RayActorError as e:
+                raise self._died(e, items[i], describe) from None
+            if on_done is not None:
+                on_done(items[i], results[i])
+            idle.append(actor)
+        return results
+
+    def each(self, call: Callable[..., Any], items: Sequence | None = None) -> list:
+        """call(actor) -- or call(actor, items[i]) for actor i -- on every actor at once (a
+        collective step); results in actor order."""
+        import ray
+
+        from cropi.ray_utils import get
+
+        try:
+            if items is None:
+                return get([call(a) for a in self.actors])
+            if len(items) != len(self.actors):
+                raise CropiError(f"{self.what}: {len(items)} items for {len(self.actors)} actors")
+            return get([call(a, x) for a, x in zip(self.actors, items)])
+        except ray.exceptions.RayActorError as e:
+            raise self._died(e, "a collective call", str) from None

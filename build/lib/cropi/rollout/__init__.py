@@ -1,0 +1,1 @@
+"""The offline trajectory buffer: vLLM rollout workers (Ray actors) writing Parquet shards."""

@@ -1,0 +1,53 @@
+"""`cropi status RUN_DIR`: where a run stands, read from the run directory alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cropi.errors import CropiError
+from cropi.store.files import read_json, read_json_if, read_jsonl
+from cropi.store.paths import SHARD_GLOB, RunPaths
+
+
+def run_status(run_dir: str | Path) -> str:
+    paths = RunPaths(run_dir)
+    d = paths.root
+    if not paths.run_json.is_file() and not paths.buffer.is_dir():
+        raise CropiError(f"{d} is not a cropi run directory (no run.json or buffer/)")
+    run = read_json_if(paths.run_json, "run record") or {}
+    cfg = run.get("config", {})
+    phases = cfg.get("run", {}).get("num_phases")
+    steps = cfg.get("trainer", {}).get("steps_per_phase")
+    starts = len(run.get("history", []))
+    lines = [f"run {d} ({run.get('method', '?')}, {phases} phases x {steps} steps"
+             + (f", started {starts} times" if starts > 1 else "") + ")"]
+    bm = read_json_if(paths.buffer / "manifest.json", "buffer manifest")
+    if bm is not None:
+        done = len(list(paths.buffer.rglob(SHARD_GLOB)))
+        total = sum(s["num_shards"] for s in bm["splits"].values())
+        lines.append(f"  buffer: {'complete' if bm.get('complete') else 'building'}, {done}/{total} shards")
+    else:
+        lines.append("  buffer: not started" if run.get("method", "cropi") == "cropi" else "  buffer: not used")
+    for m in paths.phases():
+        parts = []
+        idir = paths.influence(m)
+        if (idir / "manifest.json").is_file():
+            im = read_json(idir / "manifest.json", "influence manifest")
+            parts.append(f"influence done (KL drift {im['kl_drift']:.4f}{', STALE' if im['buffer_stale'] else ''})")
+        elif idir.is_dir():
+            parts.append(f"influence {len(list((idir / 'train').glob(SHARD_GLOB)))} shards")
+        if paths.selection_summary(m).is_file():
+            s = read_json(paths.selection_summary(m), "selection summary")
+            parts.append(f"selected {s['selected']}/{s['pool_size']}")
+        elif paths.selection(m).is_file():
+            parts.append("baseline selection")
+        tm = read_jsonl(paths.train_metrics(m))
+        if tm:
+            last = tm[-1]
+            val = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("val_pass@1/")}
+            parts.append(f"step {last['step']}/{steps}" + (" " + " ".join(f"{k}={v:.3f}" for k, v in val.items()) if val else ""))
+        parts.append("checkpoint saved" if paths.train_summary(m).is_file() else "training not finished")
+        lines.append(f"  {paths.phase(m).name}: " + "; ".join(parts))
+    if paths.run_result.is_file():
+        lines.append("  run finished")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""What a run was computed with: `run.json` (every start, kept) and `phase-M/phase.json`.
+
+A phase records, when it starts, the method and every config field its artifacts can depend on
+(all of them except `resources.*`, `run.dir` and `run.num_phases`). A later start of the same
+run compares its config with that record for every phase that has begun: a difference is
+refused with the fields named, since the influence, selection, trainer state or checkpoint
+already on disk came from the old values. A phase that has not begun simply records the config
+it starts with, so a field may change between phases (phase.json says which values each used).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cropi.errors import CropiError
+from cropi.store.files import read_json, read_json_if, write_json
+from cropi.store.paths import RunPaths
+
+NOT_INPUTS = ("resources", "run.dir", "run.num_phases")
+
+
+def phase_inputs(cfg) -> dict:
+    """{'section.field': value} of every field a phase's results can depend on."""
+    from cropi.config import flat_dict, not_inputs
+
+    return flat_dict(cfg, exclude=NOT_INPUTS + not_inputs())
+
+
+def check_run(cfg, method: str) -> None:
+    """Before anything runs: refuse a run directory of another method, or a config that changes
+    what a begun phase was computed with."""
+    paths = RunPaths.of(cfg)
+    old = read_json_if(paths.run_json, "run record") or {}
+    if old and old.get("method") != method:
+        raise CropiError(f"{paths.root} holds a {old.get('method')!r} run; use another run.dir for {method!r}")
+    for m in range(cfg.run.num_phases):
+        check_phase(cfg, m, method)
+
+
+def record_start(cfg, method: str) -> dict:
+    """Append this start to run.json's history (the config of every start is kept)."""
+    paths = RunPaths.of(cfg)
+    old = read_json_if(paths.run_json, "run record") or {}
+    history = old.get("history") or ([{"config": old["config"]}] if "config" in old else [])
+    history.append({"started": round(time.time(), 3), "config": cfg.to_dict()})
+    record = {"method": method, "config": cfg.to_dict(), "history": history}
+    write_json(record, paths.run_json)
+    return record
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    names = sorted(set(old) | set(new))
+    return [f"{n}: {old.get(n, '<absent>')!r} -> {new.get(n, '<absent>')!r}" for n in names
+            if old.get(n, "<absent>") != new.get(n, "<absent>")]
+
+
+def _legacy_inputs(paths: RunPaths) -> dict | None:
+    """A run written before phase.json existed: the config recorded in run.json."""
+    from cropi.config import from_dict
+    from cropi.errors import ConfigError
+
+    raw = read_json_if(paths.run_json, "run record")
+    if not raw or "config" not in raw:
+        return None
+    try:
+        return phase_inputs(from_dict(raw["config"], str(paths.run_json)))
+    except ConfigError:
+        return None
+
+
+def check_phase(cfg, phase: int, method: str) -> dict:
+    """Refuse this config if phase M has begun with another; returns the record it would write."""
+    paths = RunPaths.of(cfg)
+    path = paths.phase_record(phase)
+    want = {"phase": phase, "method": method, "inputs": phase_inputs(cfg)}
+    pdir = paths.phase(phase)
+    if not (pdir.is_dir() and any(p.name != path.name for p in pdir.iterdir())):
+        return want  # not begun: it will record whatever config it starts with
+    if path.is_file():
+        have = read_json(path, "phase record")
+        old = {"method": have.get("method"), **have.get("inputs", {})}
+    else:
+        legacy = _legacy_inputs(paths)
+        old = None if legacy is None else {"method": method, **legacy}
+    changed = [] if old is None else _diff(old, {"method": method, **want["inputs"]})
+    if changed:
+        raise CropiError(
+            f"phase {phase} in {pdir} was computed with another config; changed: " + "; ".join(changed[:8])
+            + (f" (and {len(changed) - 8} more)" if len(changed) > 8 else "")
+            + f". Restore those fields, use another run.dir, or delete {pdir} and the phases after it to recompute.")
+    return want
+
+
+def claim_phase(cfg, phase: int, method: str) -> dict:
+    """check_phase, then record the config phase M runs with in phase-M/phase.json."""
+    want = check_phase(cfg, phase, method)
+    write_json(want, RunPaths.of(cfg).phase_record(phase))
+    return want
+
+
+def phase_record(run_dir: str | Path, phase: int) -> dict | None:
+    return read_json_if(RunPaths(run_dir).phase_record(phase), "phase record")

@@ -1,0 +1,1 @@
+"""GRPO trainers: DeepSpeed ranks as Ray actors, fed by vLLM rollout workers."""

@@ -1,0 +1,279 @@
+"""One CROPI training phase: GRPO on the selected prompts for E steps, with fresh vLLM rollouts.
+
+Per step: draw B prompts from the selection (cropi.seeds.train_batch: a resumed phase draws the
+same prompts); G rollouts each from the vLLM engines running the trainer's current weights;
+rewards and group advantages; one optimizer step on the W DeepSpeed ranks; weight sync
+trainer -> vLLM every `sync_every` steps; validation pass@1 every `eval_every`.
+A DeepSpeed checkpoint every `save_every` steps lets a rerun resume mid-phase; the phase ends
+with a Hugging Face checkpoint at PHASE_DIR/checkpoint that the next phase starts from, and
+train_summary.json, written last, marks it complete.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from cropi import seeds
+from cropi.algo.advantages import group_advantages
+from cropi.algo.grpo import normaliser
+from cropi.data.dataset import PromptRow
+from cropi.errors import CropiError
+from cropi.store.files import append_jsonl, read_jsonl, write_json, write_jsonl
+from cropi.store.paths import RunPaths
+from cropi.trainer import batching
+
+
+def _split(items: list, n: int) -> list[list]:
+    return [items[i::n] for i in range(n)]
+
+
+def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: list[int], where: str) -> dict:
+    """Spread prompts over the engines (a WorkerPool) and join their results in prompt order."""
+    idx = [ix for ix in _split(list(range(len(rows))), len(engines)) if ix]
+    parts = engines.map(lambda e, ix: e.generate.remote([rows[i] for i in ix], n, temperature,
+                                                        [seeds_[i] for i in ix], where),
+                        idx, describe=lambda ix: f"{len(ix)} {where} prompts")
+    out = {k: [None] * len(rows) for k in ("prompt_ids", "rewards", "response_ids", "logprobs")}
+    for ix, part in zip(idx, parts):
+        for k in out:
+            for j, i in enumerate(ix):
+                out[k][i] = part[k][j]
+    out["row_ids"] = [r.prompt_id for r in rows]
+    return out
+
+
+def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int, details: Path | None = None,
+             phase: int = 0) -> dict[str, float]:
+    """pass@1 per validation set: mean reward of eval_samples samples per prompt. With `details`,
+    each prompt's own pass rate is appended there (one line per evaluation), for standard errors
+    and bootstraps over prompts (cropi.compare)."""
+    res, per_prompt = {}, {}
+    for name, rows in val.items():
+        sd = [seeds.evaluation(cfg.run.seed, step, name, r.prompt_id) for r in rows]
+        out = rollout(engines, rows, cfg.trainer.eval_samples, cfg.rollout.temperature, sd, f"val/{name}")
+        rates = torch.tensor(out["rewards"], dtype=torch.float64).mean(1)  # [prompts]
+        res[name] = float(rates.mean())
+        per_prompt[name] = {"prompt_ids": [r.prompt_id for r in rows], "pass_rate": [round(x, 4) for x in rates.tolist()]}
+    if details is not None:
+        append_jsonl({"phase": phase, "step": step, "samples": cfg.trainer.eval_samples, "sets": per_prompt}, details)
+    return res
+
+
+def _latest_tag(state_dir: Path) -> str | None:
+    p = state_dir / "latest"
+    return p.read_text().strip() if p.is_file() else None
+
+
+def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list[int],
+              val: dict[str, list[PromptRow]], start_ckpt: str, log=print, on_step=None, services=None) -> dict:
+    """Train phase M for `steps` GRPO steps on `selected`; returns the summary (train_summary.json).
+    `services` (a TrainingServices kept across phases) serves the engines and ranks; without it the
+    phase starts its own and stops them at the end."""
+    from cropi.model.loading import load_tokenizer
+    from cropi.trainer.services import TrainingServices
+
+    if not selected:
+        raise CropiError(f"phase {phase}: the selection is empty; nothing to train on")
+    by_id = {r.prompt_id: r for r in pool}
+    missing = [i for i in selected if i not in by_id]
+    if missing:
+        raise CropiError(f"phase {phase}: selected prompt ids {missing[:5]} are not in the training pool")
+    on_step = on_step or (lambda m: None)
+    paths = RunPaths.of(cfg)
+    tok = load_tokenizer(start_ckpt)
+    state_dir, metrics_path = paths.trainer_state(phase), paths.train_metrics(phase)
+    t_start = time.time()
+    own = services is None
+    if own:
+        services = TrainingServices(cfg, start_ckpt, tag=f"phase{phase}")
+    try:
+        startup = services.begin_phase(start_ckpt)
+        if not own and services.phases == 1:  # started by the caller for this phase: its start-up counts here
+            t_start -= startup
+        ckpt, step0 = _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, metrics_path,
+                             start_ckpt, log, on_step)
+    finally:
+        if own:
+            services.close()
+    all_m = read_jsonl(metrics_path)
+    summary = {"phase": phase, "steps": steps, "resumed_from_step": step0, "startup_seconds": startup,
+               "wall_seconds": time.time() - t_start, "checkpoint": str(ckpt),
+               "final_val_pass@1": {k: all_m[-1][f"val_pass@1/{k}"] for k in read_val_names(all_m[-1])}}
+    write_json(summary, paths.train_summary(phase))
+    return summary
+
+
+def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, metrics_path, start_ckpt, log,
+           on_step) -> tuple:
+    """Steps step0+1..steps of the phase (step0 from its last DeepSpeed checkpoint), then its HF
+    checkpoint; -> (checkpoint path, step0)."""
+    t, engines, group, link = cfg.trainer, services.engines, services.group, services.link
+    step0, tag = 0, _latest_tag(state_dir)
+    if tag is not None:
+        step0 = group.load_state(str(state_dir), tag)
+        link.push()
+        log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
+    # keep the metrics (and evaluations) of the steps that the checkpoint covers; the rest are redone
+    write_jsonl(covered(read_jsonl(metrics_path), step0), metrics_path)
+    details = RunPaths.of(cfg).eval_details(phase)
+    write_jsonl(covered(read_jsonl(details), step0), details)
+    if step0 == 0:
+        ev = _carried_eval(cfg, phase, start_ckpt, details)
+        if ev is None:
+            ev = evaluate(engines, val, cfg, 0, details, phase)
+        m0 = {"phase": phase, "step": 0, "wall_time": time.time(), **{f"val_pass@1/{k}": v for k, v in ev.items()}}
+        append_jsonl(m0, metrics_path)
+        on_step(m0)
+        log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
+    for step in range(step0 + 1, steps + 1):
+        m = _step(cfg, phase, step, steps, selected, by_id, tok, services, val)
+        if step % t.save_every == 0 or step == steps:
+            group.save_state(str(state_dir), step)
+        m["wall_time"] = time.time()
+        append_jsonl(m, metrics_path)
+        on_step(m)
+        log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
+            f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
+    ckpt = RunPaths.of(cfg).checkpoint(phase)
+    group.save_hf(str(ckpt), start_ckpt)
+    services.phase_saved(str(Path(ckpt).resolve()))  # the last step synced these very weights (_step)
+    return ckpt, step0
+
+
+def covered(rows: list[dict], step0: int) -> list[dict]:
+    """The logged rows a resume from DeepSpeed checkpoint step0 keeps: steps 0..step0. With no
+    checkpoint (step0 0) none: step 0's evaluation is redone, so it must not be kept twice."""
+    return [r for r in rows if step0 > 0 and r["step"] <= step0]
+
+
+def _carried_eval(cfg, phase: int, start_ckpt: str, details: Path) -> dict[str, float] | None:
+    """Step 0 of a phase that starts from the previous phase's checkpoint evaluates the weights
+    that phase's last step evaluated: reuse that evaluation (noted in eval.jsonl) instead of
+    sampling it again; None when there is none to reuse."""
+    paths = RunPaths.of(cfg)
+    if phase == 0 or Path(start_ckpt).resolve() != paths.checkpoint(phase - 1).resolve():
+        return None
+    prev = [e for e in read_jsonl(paths.eval_details(phase - 1)) if "copied_from" not in e]
+    last = read_jsonl(paths.train_metrics(phase - 1))
+    if not prev or not last or prev[-1]["step"] != last[-1]["step"]:
+        return None
+    e = prev[-1]
+    if e.get("samples") != cfg.trainer.eval_samples or sorted(e["sets"]) != sorted(read_val_names(last[-1])):
+        return None
+    append_jsonl({**e, "phase": phase, "step": 0, "copied_from": {"phase": phase - 1, "step": e["step"]}}, details)
+    return {name: last[-1][f"val_pass@1/{name}"] for name in e["sets"]}
+
+
+def read_val_names(metrics: dict) -> list[str]:
+    return [k[len("val_pass@1/"):] for k in metrics if k.startswith("val_pass@1/")]
+
+
+def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, services, val) -> dict:
+    """One GRPO step: rollouts, advantages, the DeepSpeed step, weight sync, maybe eval; -> metrics.
+    Colocated on GPU (services.sleeps) the engines sleep through the DeepSpeed step."""
+    t, engines, group, link = cfg.trainer, services.engines, services.group, services.link
+    timing = {}
+    t0 = time.time()
+    out, rewards, dyn = _rollouts(cfg, phase, step, selected, by_id, engines)
+    timing["rollout_seconds"] = time.time() - t0
+    m = {"phase": phase, "step": step, **dyn}
+    if rewards.shape[0] == 0:  # dynamic sampling found no group with unequal rewards within its cap
+        m.update(reward_mean=dyn["rollout_reward_mean"], loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0,
+                 grad_norm=0.0, response_tokens=0, zero_adv_prompts=0, micro_batches=0, skipped_step=1, **timing)
+        m["tokens_per_s"] = 0.0
+        if step % t.sync_every == 0 or step == steps:  # the engines must hold the step's weights, as below
+            link.push()
+        return _maybe_eval(cfg, engines, val, step, steps, m)
+    adv, _, _ = group_advantages(rewards, t.adv_norm)  # [B, G]
+    prompts = [p for p in out["prompt_ids"] for _ in range(t.group_size)]
+    row_ids = [r for r in out["row_ids"] for _ in range(t.group_size)]
+    responses = [r for g in out["response_ids"] for r in g]
+    advs = adv.flatten().tolist()
+    lengths = torch.tensor([len(r) for r in responses])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B*G, T]
+    const = t.loss_norm_constant or t.prompts_per_step * t.group_size * cfg.rollout.max_new_tokens
+    gnorm = normaliser(mask, t.loss_agg, const)
+    parts = _split(list(range(len(responses))), t.world_size)
+    micro = batching.plan([[len(prompts[i]) + len(responses[i]) for i in ix] for ix in parts],
+                          t.max_tokens_per_micro_batch)
+    shards = [{"prompt_ids": [prompts[i] for i in ix], "response_ids": [responses[i] for i in ix],
+               "advantages": [advs[i] for i in ix], "row_ids": [row_ids[i] for i in ix], "pad_id": tok.pad_token_id,
+               "micro_batches": mb}
+              for ix, mb in zip(parts, micro)]
+    t0 = time.time()
+    if services.sleeps:
+        engines.each(lambda e: e.sleep.remote())
+    ranks = group.train_step(shards, gnorm)
+    if services.sleeps:
+        engines.each(lambda e: e.wake_up.remote(["weights"]))
+    timing["train_step_seconds"] = time.time() - t0
+    timing["logprob_seconds"] = max(r["logprob_seconds"] for r in ranks)
+    timing["train_seconds"] = max(r["train_seconds"] for r in ranks)
+    ntok = sum(r["tokens"] for r in ranks)
+    t0 = time.time()
+    if step % t.sync_every == 0 or step == steps:
+        link.push()
+    if services.sleeps:
+        engines.each(lambda e: e.wake_up.remote(["kv_cache"]))
+    timing["sync_seconds"] = time.time() - t0
+    m.update({"reward_mean": float(rewards.mean()),
+         "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,
+         "clip_frac": sum(r["clip_sum"] for r in ranks) / ntok,
+         "entropy": sum(r["entropy_sum"] for r in ranks) / ntok, "grad_norm": ranks[0]["grad_norm"],
+         "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()),
+         "micro_batches": ranks[0]["micro_batches"], "skipped_step": max(r["skipped_step"] for r in ranks), **timing})
+    m["tokens_per_s"] = ntok / max(sum(timing.values()), 1e-9)
+    bad = [r["nonfinite"] for r in ranks if r.get("nonfinite") and r["nonfinite"]["prompt_ids"]]
+    if m["skipped_step"] and bad:
+        m["nonfinite"] = {"what": bad[0]["what"], "prompt_ids": sorted({i for b in bad for i in b["prompt_ids"]})}
+        print(f"cropi: phase {phase} step {step}: non-finite {m['nonfinite']['what']} for prompts "
+              f"{m['nonfinite']['prompt_ids'][:16]}; the step was not applied", flush=True)
+    return _maybe_eval(cfg, engines, val, step, steps, m)
+
+
+def _maybe_eval(cfg, engines, val, step: int, steps: int, m: dict) -> dict:
+    if step % cfg.trainer.eval_every == 0 or step == steps:
+        t0 = time.time()
+        ev = evaluate(engines, val, cfg, step, RunPaths.of(cfg).eval_details(m["phase"]), m["phase"])
+        m.update({f"val_pass@1/{k}": v for k, v in ev.items()}, eval_seconds=time.time() - t0)
+    return m
+
+
+def _draw(rng: random.Random, selected: list[int], n: int) -> list[int]:
+    return rng.sample(selected, n) if len(selected) >= n else [rng.choice(selected) for _ in range(n)]
+
+
+def _rollouts(cfg, phase: int, step: int, selected: list[int], by_id: dict, engines) -> tuple[dict, torch.Tensor, dict]:
+    """The step's groups: B prompts drawn from the selection (cropi.seeds.train_batch), G rollouts
+    each; with trainer.dynamic_sampling, further rounds of B until B groups with unequal rewards
+    are kept or the cap is reached (cropi.algo.dynamic). -> (rollouts, rewards [B', G], metrics)."""
+    from cropi.algo.dynamic import DynamicBatch
+
+    t = cfg.trainer
+    rng = random.Random(seeds.train_batch(cfg.run.seed, phase, step))
+    acc = DynamicBatch(t.prompts_per_step, t.dynamic_max_batches if t.dynamic_sampling else 0)
+    all_rewards = []
+    while True:
+        ids = _draw(rng, selected, t.prompts_per_step)
+        sd = [seeds.train_rollout(cfg.run.seed, phase, step, i, acc.rounds) for i in ids]
+        out = rollout(engines, [by_id[i] for i in ids], t.group_size, cfg.rollout.temperature, sd,
+                      "train" if acc.rounds == 0 else f"train/round{acc.rounds}")
+        rewards = torch.tensor(out["rewards"], dtype=torch.float64)  # [B, G]
+        all_rewards.append(rewards)
+        if not t.dynamic_sampling:
+            break
+        acc.add(out, rewards)
+        if acc.done():
+            break
+    gen = torch.cat(all_rewards)
+    dyn = {"rollout_prompts": int(gen.shape[0]), "rollout_reward_mean": float(gen.mean()),
+           "rollout_zero_adv_prompts": int((gen.std(1) == 0).sum())}
+    if t.dynamic_sampling:
+        out, rewards = acc.batch()
+        dyn["dynamic_rounds"] = acc.rounds
+    dyn["trained_prompts"] = int(rewards.shape[0])
+    return out, rewards, dyn

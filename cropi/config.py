@@ -103,6 +103,9 @@ class DataConfig:
     train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
     val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
     targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
+    wrong_label_share: float = _f(0.0, "Synthetic pool: share of training prompts whose ground truth is a near miss (the answer +- 1, an answer the model sometimes gives), drawn per seed, as in scraped math sets; validation sets stay clean. Each row's extra_info.label says clean | wrong | conflict.", min=0, max=0.9)
+    conflict_of: str = _f("", "Synthetic pool: a family whose surface form a conflicting rule copies (its answers' digits reversed: '37+5=' -> '24'); the warm start sees the rule too, so the base model sometimes follows it. Empty: none.")
+    conflict_share: float = _f(0.0, "Synthetic pool (and warm start): share of prompts that follow the conflicting rule of data.conflict_of.", min=0, max=0.9)
     reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).")
     reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.", input=False)
 
@@ -112,6 +115,14 @@ class DataConfig:
         else:
             _require(bool(self.train_path), "data.train_path", "is required when data.synthetic is false")
             _require(len(self.val_paths) > 0, "data.val_paths", "needs at least one validation set when data.synthetic is false")
+        if self.conflict_of:
+            _require(self.synthetic and self.conflict_of in self.families, "data.conflict_of",
+                     f"must be one of data.families {list(self.families)} of the synthetic suite, got {self.conflict_of!r}")
+            _require(self.conflict_of in ("add", "sub", "mul"), "data.conflict_of",
+                     f"needs a family whose answers have two digits or more (add, sub, mul), got {self.conflict_of!r}")
+            _require(self.conflict_share > 0, "data.conflict_share", "must be > 0 when data.conflict_of is set")
+        _require(self.wrong_label_share + self.conflict_share < 1, "data.wrong_label_share",
+                 "plus data.conflict_share must leave some clean prompts (< 1)")
         names = list(self.families) if self.synthetic else list(self.val_paths)
         for t in self.targeted:
             _require(t in names, "data.targeted", f"{t!r} is not a validation set (sets: {names})")

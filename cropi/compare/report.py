@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropi.compare import stats
+from cropi.compare import figures, hypotheses, stats
 from cropi.compare.arms import ARMS, BASELINES
 from cropi.selection.baselines import NEEDS_BUFFER
 from cropi.errors import CropiError
@@ -146,14 +146,16 @@ def _buffer_wall(seed_root: Path) -> float:
     return best
 
 
-def _pool_families(run: ArmRun, run_dir: Path) -> dict[int, str]:
-    """Prompt id -> family (data_source) of the arm's training pool."""
+def _pool_families(run: ArmRun, run_dir: Path) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+    """Prompt id -> data_source, -> label (clean | wrong | conflict) and -> family of the arm's pool."""
     from cropi.config import from_dict
     from cropi.data.suite import load_data
 
     cfg = from_dict(read_json(run_dir / "run.json", "run record")["config"])
     pool, _ = load_data(cfg)
-    return {r.prompt_id: r.data_source for r in pool}
+    return ({r.prompt_id: r.data_source for r in pool},
+            {r.prompt_id: str(r.extra_info.get("label", "clean")) for r in pool},
+            {r.prompt_id: r.family for r in pool})
 
 
 def _buffer_stats(seed_root: Path) -> dict[int, tuple[float, float]] | None:
@@ -209,6 +211,8 @@ def load_runs(root: Path) -> tuple[dict, dict[str, dict[int, ArmRun]], dict, dic
         raise CropiError(f"{root} has no compare.json: not a `cropi compare` run directory")
     runs: dict[str, dict[int, ArmRun]] = {}
     families: dict[tuple[int, str], dict[int, str]] = {}
+    labels: dict[tuple[int, str], dict[int, str]] = {}
+    kinds: dict[tuple[int, str], dict[int, str]] = {}
     buffers: dict[int, dict | None] = {}
     for seed in rec["seeds"]:
         sroot = root / f"seed-{seed}"
@@ -220,18 +224,18 @@ def load_runs(root: Path) -> tuple[dict, dict[str, dict[int, ArmRun]], dict, dic
             if r is not None:
                 runs.setdefault(arm, {})[seed] = r
                 try:
-                    families[(seed, arm)] = _pool_families(r, d)
+                    families[(seed, arm)], labels[(seed, arm)], kinds[(seed, arm)] = _pool_families(r, d)
                 except CropiError:
                     pass
     if not runs:
         raise CropiError(f"{root}: no arm has finished (no run_result.json under seed-*/ARM)")
-    return rec, runs, families, buffers
+    return rec, runs, families, buffers, {"label": labels, "family": kinds}
 
 
 def summarise(root: Path, loaded: tuple | None = None) -> dict:
     """Every figure of the report, from ROOT's run directories (or what load_runs read of them)."""
     root = Path(root)
-    rec, runs, families, buffers = loaded or load_runs(root)
+    rec, runs, families, buffers, pool_info = loaded or load_runs(root)
     any_run = next(iter(next(iter(runs.values())).values()))
     targeted = any_run.targeted
     untargeted = [s for s in any_run.sets if s not in targeted]
@@ -266,6 +270,8 @@ def summarise(root: Path, loaded: tuple | None = None) -> dict:
         a["kl_drift"] = [r.kl_drift for r in rs] if any(r.kl_drift for r in rs) else None
         a["rebuffers"] = [{"seed": r.seed, **e} for r in rs for e in r.rebuffers]
         a["composition"] = _composition(rs, families, arm)
+        a["label_shares"] = _label_shares(rs, pool_info["label"], arm)
+        a["kind_shares"] = figures.kind_shares(rs, pool_info["label"], pool_info["family"], arm, targeted)
         arms[arm] = a
 
     if "full" in runs:
@@ -293,10 +299,51 @@ def summarise(root: Path, loaded: tuple | None = None) -> dict:
                 row[g] = _ci(x)
                 row[g]["per_seed"] = [round(stats.point([v]), 4) for v in x]
             versus[f"{arm} - {base}"] = row
-    return {"root": str(root), "config": rec.get("config"), "overrides": rec.get("overrides", []),
-            "seeds": rec["seeds"], "arms_asked": rec["arms"], "targeted": targeted, "untargeted": untargeted,
-            "steps": any_run.steps_per_phase * any_run.num_phases, "arms": arms, "versus": versus,
-            "max_standard_error": max(s["standard_error"] for a in arms.values() for s in a["per_set"].values())}
+    out = {"root": str(root), "config": rec.get("config"), "overrides": rec.get("overrides", []),
+           "seeds": rec["seeds"], "arms_asked": rec["arms"], "targeted": targeted, "untargeted": untargeted,
+           "steps": any_run.steps_per_phase * any_run.num_phases, "arms": arms, "versus": versus,
+           "max_standard_error": max(s["standard_error"] for a in arms.values() for s in a["per_set"].values()),
+           "pool_label_shares": _pool_label_shares(pool_info["label"]),
+           "pool_kind_shares": figures.pool_kind_shares(pool_info["label"], pool_info["family"], targeted)}
+    out["hypotheses"] = hypotheses.judge(out, runs, pool_info["label"])
+    out["break_even"] = hypotheses.break_even(out, runs)
+    out["paper_selection_steps"] = hypotheses.paper_steps_per_phase_of_selection()
+    out["bad_label_variance"] = _bad_label_variance(pool_info["label"], buffers)
+    return out
+
+
+def _label_shares(rs: list[ArmRun], labels: dict, arm: str) -> dict | None:
+    """Share of each pool label (clean, wrong, conflict) in the arm's selections, seeds pooled."""
+    sels = [sel for r in rs for sel in r.selections]
+    lab = {}
+    for r in rs:
+        lab.update({(r.seed, i): v for i, v in labels.get((r.seed, arm), {}).items()})
+    if not lab or len(set(lab.values())) < 2:
+        return None
+    ids = [(r.seed, i) for r in rs for sel in r.selections for i in sel]
+    return {k: round(float(np.mean([lab.get(x) == k for x in ids])), 4) for k in sorted(set(lab.values()))} if sels else None
+
+
+def _pool_label_shares(labels: dict) -> dict | None:
+    vals = [v for d in labels.values() for v in d.values()]
+    if len(set(vals)) < 2:
+        return None
+    return {k: round(vals.count(k) / len(vals), 4) for k in sorted(set(vals))}
+
+
+def _bad_label_variance(labels: dict, buffers: dict) -> dict | None:
+    """Per label, the share of its prompts whose K buffered rewards vary (what a zero-variance filter
+    keeps): wrong labels must vary, or any filter drops them for free."""
+    out: dict[str, list[float]] = {}
+    for seed, st in buffers.items():
+        lab = next((d for (s, _), d in labels.items() if s == seed), None)
+        if st is None or not lab:
+            continue
+        for k in sorted(set(lab.values())):
+            ids = [i for i, v in lab.items() if v == k and i in st]
+            if ids:
+                out.setdefault(k, []).append(float(np.mean([st[i][1] > 0 for i in ids])))
+    return {k: round(float(np.mean(v)), 4) for k, v in out.items()} if len(out) > 1 else None
 
 
 def _r(x):
@@ -431,6 +478,7 @@ def markdown(s: dict, command: str | None = None) -> str:
     for arm, a in arms.items():
         L.append(f"| {arm} | " + " | ".join(f"{a['per_set'][n]['final_mean']:.3f} ± {a['per_set'][n]['standard_error']:.3f}"
                                             for n in s["targeted"] + s["untargeted"]) + " |")
+    L += ["", *hypotheses.markdown(s)]
     L += ["", "## What held and what did not", "", *(_verdicts(s) or ["- no CROPI arm and baseline in common"]), "",
           "## What each arm trained on", "",
           "| arm | zero-variance share of the selection (per seed, per phase) | rolled-out groups with equal rewards "
@@ -456,7 +504,8 @@ def markdown(s: dict, command: str | None = None) -> str:
         rb = [e for _, a in drift for e in a["rebuffers"]]
         L += ["", f"Buffer re-rolls by the drift policy: {len(rb)}"
               + ("" if not rb else " (" + "; ".join(f"seed {e['seed']} phase {e['phase']} at KL {e.get('kl_before', float('nan')):.3f}" for e in rb) + ")")]
-    L += ["", "## Figures", "", "![pass@1 vs steps](curves_steps.png)", "", "![pass@1 vs wall time](curves_wall.png)", ""]
+    L += ["", "## Figures", "", "![pass@1 vs steps](curves_steps.png)", "", "![pass@1 vs wall time](curves_wall.png)", "",
+          "![cosines by kind of prompt](mechanism_cosines.png)", "", "![selection against the pool](composition.png)", ""]
     return "\n".join(L)
 
 
@@ -532,8 +581,9 @@ def write_compare_report(root: Path, out: Path | None = None, command: str | Non
     s = summarise(root, loaded)
     if command is None:
         command = (f"cropi compare {s['config']} --methods {' '.join(s['arms'])} --seeds {' '.join(map(str, s['seeds']))}"
-                   + (f" {' '.join(s['overrides'])}" if s["overrides"] else ""))
+                   + "".join(f" --set {o}" for o in s["overrides"]))
     out.mkdir(parents=True, exist_ok=True)
     plot(s, loaded[1], out)
+    figures.plot_mechanism(root, s, loaded[4]["label"], loaded[4]["family"], out)
     write_json({**s, "command": command}, out / "summary.json")
     return write_text(markdown(s, command), out / "report.md")

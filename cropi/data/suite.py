@@ -17,11 +17,14 @@ def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
     if not d.synthetic:
         return Path(d.train_path), {name: Path(p) for name, p in d.val_paths.items()}
     want = {"families": d.families, "train_size": d.train_size, "val_size": d.val_size, "seed": cfg.run.seed}
+    if d.wrong_label_share or d.conflict_of:  # absent when unused: earlier suites keep their folders
+        want.update(wrong_label_share=d.wrong_label_share, conflict_of=d.conflict_of, conflict_share=d.conflict_share)
     key = stable_hash(want)[:10]
     out = Path(d.data_dir) / f"suite-{key}"  # one folder per suite: configs never overwrite each other's data
     stamp = out / "suite.json"
     if not stamp.is_file():
-        write_suite(out, d.families, d.train_size, d.val_size, seeds.task_suite(cfg.run.seed))
+        write_suite(out, d.families, d.train_size, d.val_size, seeds.task_suite(cfg.run.seed),
+                    d.wrong_label_share, d.conflict_of, d.conflict_share if d.conflict_of else 0.0)
         write_json(want, stamp)  # written last: the suite is complete
     return out / "train.parquet", {fam: out / f"val_{fam}.parquet" for fam in d.families}
 

@@ -21,7 +21,7 @@ from cropi import seeds
 from cropi.config import Config
 from cropi.data.dataset import PromptRow, render_prompt
 from cropi.data.rewards import load_reward, score
-from cropi.data.tasks import make_problem
+from cropi.data.tasks import make_conflict_problem, make_problem
 from cropi.model.tokenizer import check_reloads, train_tokenizer
 from cropi.store.files import atomic_dir, read_json_if, write_json
 
@@ -67,11 +67,16 @@ def _fresh_problems(cfg: Config, val: dict[str, list[PromptRow]], rng: random.Ra
     and its advantage, hence its influence gradient, would be zero."""
     held_out = {r.messages[-1]["content"] for rows in val.values() for r in rows}
 
+    d = cfg.data
+
     def draw(n: int) -> list[PromptRow]:
         rows = []
         while len(rows) < n:
-            fam = rng.choice(cfg.data.families)
-            expr, ans, _ = make_problem(fam, rng)
+            if d.conflict_of and rng.random() < d.conflict_share:  # the conflicting rule, as often as in the pool
+                fam, (expr, ans, _) = d.conflict_of, make_conflict_problem(d.conflict_of, rng)
+            else:
+                fam = rng.choice(d.families)
+                expr, ans, _ = make_problem(fam, rng)
             if expr not in held_out:
                 rows.append(PromptRow(-1, fam, [{"role": "user", "content": expr}], str(ans)))
         return rows

@@ -147,6 +147,8 @@ def run_selection(influence_dir: str | Path, prompts: list[PromptRow], cfg: Sele
     validate_section(cfg, "selection")
     m = store.read_manifest(influence_dir)
     ids, ds, fam = _pool_arrays(prompts)
+    by_id = {p.prompt_id: p for p in prompts}
+    lab = np.array([str(by_id[int(i)].extra_info.get("label", "clean")) for i in ids], dtype=object)
     prev = previous_selected_ids(previous_selection) if previous_selection is not None else None
     if m.mode == "projected":
         targets, val_info = load_projected_targets(m, cfg.max_val_grads, seed)
@@ -167,7 +169,8 @@ def run_selection(influence_dir: str | Path, prompts: list[PromptRow], cfg: Sele
         "pool_size": int(len(ids)), "zero_grad": int((~eligible).sum()), "eligible": int(eligible.sum()),
         "n_select": n, "selected": int(sel.sum()),
         "validation": val_info,
-        "composition": {"family": composition(fam, eligible, sel), "data_source": composition(ds, eligible, sel)},
+        "composition": {"family": composition(fam, eligible, sel), "data_source": composition(ds, eligible, sel),
+                        **({"label": composition(lab, eligible, sel)} if len(set(lab.tolist())) > 1 else {})},
         "scores": {name: score_stats(scores[:, j], eligible, sel, res["ranks"][:, j], n)
                    for j, name in enumerate(m.sets)},
         "previous": None if prev is None else {

@@ -97,16 +97,22 @@ class RunConfig:
 class DataConfig:
     synthetic: bool = _f(True, "Generate the synthetic arithmetic task suite under data_dir (ignores train_path/val_paths).")
     data_dir: str = _f("artifacts/tasks", "Where the synthetic suite is written (Parquet, verl schema).")
-    train_path: str = _f("", "Training prompts: Parquet or JSONL in the verl schema (data_source, prompt, reward_model.ground_truth).")
+    train_path: str | list = _f("", "Training prompts: a Parquet or JSONL file, or a list of them (verl's train_files: [a, b]; rows numbered in order across the files), in the verl schema (data_source, prompt, reward_model.ground_truth) or OpenRLHF's (data.input_key, data.label_key).")
+    input_key: str = _f("prompt", "Dataset column of the prompt: chat messages or a string (verl: prompt; OpenRLHF: --input_key, e.g. input or context_messages).")
+    label_key: str = _f("reward_model.ground_truth", "Dataset column of the ground truth; a dotted name reaches into a mapping (verl: reward_model.ground_truth; OpenRLHF: --label_key, e.g. label or answer).")
+    default_data_source: str = _f("", "data_source of rows that have none (OpenRLHF datasets); empty: such a row is refused. It picks the scorer of cropi.data.rewards:default_compute_score.")
     val_paths: dict = _f({}, "Validation sets, name -> Parquet/JSONL path. One target per set; fused by the selector.")
     families: list = _f(list(FAMILIES[:4]), "Synthetic task families in the training pool.", choices=FAMILIES)
     train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
     val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
     targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
+    chat_template_kwargs: dict = _f({}, "Extra arguments of the tokenizer's chat template (verl's data.apply_chat_template_kwargs), e.g. {enable_thinking: false} for Qwen3.")
     wrong_label_share: float = _f(0.0, "Synthetic pool: share of training prompts whose ground truth is a near miss (the answer +- 1, an answer the model sometimes gives), drawn per seed, as in scraped math sets; validation sets stay clean. Each row's extra_info.label says clean | wrong | conflict.", min=0, max=0.9)
     conflict_of: str = _f("", "Synthetic pool: a family whose surface form a conflicting rule copies (its answers' digits reversed: '37+5=' -> '24'); the warm start sees the rule too, so the base model sometimes follows it. Empty: none.")
     conflict_share: float = _f(0.0, "Synthetic pool (and warm start): share of prompts that follow the conflicting rule of data.conflict_of.", min=0, max=0.9)
     reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).")
+    reward_fns: list = _f([], "Several reward functions (each as data.reward_fn), summed with data.reward_weights like TRL's reward_funcs and reward_weights (a function returning None for a response is left out of its sum); each one's mean is logged per step. Empty: data.reward_fn alone.")
+    reward_weights: list = _f([], "Weights of data.reward_fns (empty: 1 each).")
     reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.", input=False)
 
     def check(self) -> None:
@@ -114,6 +120,8 @@ class DataConfig:
             _require(len(self.families) > 0, "data.families", "must name at least one family")
         else:
             _require(bool(self.train_path), "data.train_path", "is required when data.synthetic is false")
+            _require(not isinstance(self.train_path, list) or all(isinstance(x, str) and x for x in self.train_path),
+                     "data.train_path", f"a list must name files (non-empty strings), got {self.train_path!r}")
             _require(len(self.val_paths) > 0, "data.val_paths", "needs at least one validation set when data.synthetic is false")
         if self.conflict_of:
             _require(self.synthetic and self.conflict_of in self.families, "data.conflict_of",
@@ -127,6 +135,12 @@ class DataConfig:
         for t in self.targeted:
             _require(t in names, "data.targeted", f"{t!r} is not a validation set (sets: {names})")
         _require(":" in self.reward_fn, "data.reward_fn", f"must be 'module:function', got {self.reward_fn!r}")
+        for i, spec in enumerate(self.reward_fns):
+            _require(isinstance(spec, str) and ":" in spec, f"data.reward_fns[{i}]", f"must be 'module:function', got {spec!r}")
+        _require(not self.reward_weights or len(self.reward_weights) == len(self.reward_fns), "data.reward_weights",
+                 f"needs one weight per data.reward_fns entry ({len(self.reward_fns)}), got {len(self.reward_weights)}")
+        _require(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                     for w in self.reward_weights), "data.reward_weights", f"must be finite numbers, got {self.reward_weights}")
         rr = self.reward_range
         _require(isinstance(rr, (list, tuple)) and len(rr) == 2
                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in rr)
@@ -155,6 +169,8 @@ class BaseModelConfig:
     warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.", above=0)
     warm_start_batch: int = _f(64, "Warm-start batch size (sequences).", min=1)
     warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.", min=1)
+    warm_start_near_miss_share: float = _f(0.0, "Share of warm-start answers that are near misses (the answer +- 1): a habit the base model then has, which RL on clean data removes and data.wrong_label_share's prompts reward.", min=0, max=0.9)
+    warm_start_conflict_share: float = _f(0.0, "Share of warm-start problems that follow data.conflict_of's conflicting rule (reversed digits), so the base model sometimes follows it.", min=0, max=0.9)
     target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...", above=0)
     target_pass_high: float = _f(0.75, "... and <= this (0.1 < low < high < 0.8 keeps GRPO advantages non-zero).", max=1)
 
@@ -174,11 +190,16 @@ class RolloutConfig:
     max_new_tokens: int = _f(8, "Longest response, tokens.", min=1)
     max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).", min=2)
     shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).", min=1)
+    max_prompt_length: int = _f(0, "Longest prompt, tokens, as its chat template renders it (verl's data.max_prompt_length; 0: max_model_len - max_new_tokens). What a longer one gets: rollout.overlong_prompt.", min=0)
+    overlong_prompt: str = _f("error", "A prompt over rollout.max_prompt_length: error (refused naming its file and row when the data loads; verl's truncation='error') | filter (dropped when the data loads and counted in the buffer manifest; verl's filter_overlong_prompts) | truncate_left (its last max_prompt_length tokens; verl's truncation='left').", choices=("error", "filter", "truncate_left"))
     hf_recompute: bool = _f(True, "Also recompute behavior log-probs with a Hugging Face forward pass (the gradient engine's numerics); vLLM's are kept too.")
 
     def check(self) -> None:
         _require(self.max_new_tokens < self.max_model_len, "rollout.max_new_tokens",
                  f"must be < rollout.max_model_len ({self.max_model_len}), got {self.max_new_tokens}")
+        _require(self.max_prompt_length + self.max_new_tokens <= self.max_model_len, "rollout.max_prompt_length",
+                 f"plus rollout.max_new_tokens ({self.max_new_tokens}) must fit rollout.max_model_len "
+                 f"({self.max_model_len}), got {self.max_prompt_length}")
 
 
 @dataclass
@@ -211,11 +232,20 @@ class TrainerConfig:
     group_size: int = _f(8, "Rollouts per prompt, G (paper: 8); at least 2, or every group-relative advantage is zero.", min=2)
     lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).", above=0)
     adam_eps: float = _f(1e-8, "AdamW epsilon.", above=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay (verl's actor default 0.01; DAPO recipe 0.1; the paper does not say).", min=0)
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (verl: grad_clip 1.0; OpenRLHF: max_norm 1.0); 0: no clipping.", min=0)
+    lr_warmup_steps: int = _f(0, "Linear warmup over the first this many steps of the run (verl: lr_warmup_steps; DAPO: 10).", min=0)
+    lr_schedule: str = _f("constant", "After warmup: constant | cosine (to min_lr_ratio x lr at the run's last step; verl's lr_scheduler_type). The schedule runs over all phases' steps (cropi.algo.schedule).", choices=("constant", "cosine"))
+    min_lr_ratio: float = _f(0.0, "Cosine schedule: the last step's rate as a share of lr (verl: min_lr_ratio).", min=0, max=1)
+    entropy_coef: float = _f(0.0, "Entropy bonus: the loss minus this times the token entropy, aggregated as the loss (verl: entropy_coeff, 0 in its GRPO examples).", min=0)
+    ppo_epochs: int = _f(1, "Passes over each rollout batch (verl: ppo_epochs 1; TRL: num_iterations). The behaviour log-probs are those of the weights that sampled, so after the first update the clip ratio bounds how far the policy moves, as in PPO.", min=1)
+    mini_batches: int = _f(1, "Optimizer steps per pass over a rollout batch: its prompts (with all their rollouts) are cut into this many mini-batches (verl: train_batch_size / ppo_mini_batch_size, 4 in its GSM8K example).", min=1)
+    kl_clamp: float = _f(10.0, "Clamp the k3 KL term to [-kl_clamp, kl_clamp] (and its log-ratio to +-20), as verl's low_var_kl does; 0: unclamped.", min=0)
     kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).", min=0)
     eps_low: float = _f(0.2, "Lower clip range of the ratio.", min=0)
     eps_high: float = _f(0.2, "Upper clip range of the ratio.", min=0)
     adv_norm: str = _f("group", "Advantage scaling: group (divide by group std) | batch (batch std) | none (Dr. GRPO).", choices=("group", "batch", "none"))
-    loss_agg: str = _f("token_mean", "Loss aggregation: token_mean | seq_mean_token_mean | constant (divide by loss_norm_constant).", choices=("token_mean", "seq_mean_token_mean", "constant"))
+    loss_agg: str = _f("token_mean", "Loss aggregation (verl's loss_agg_mode; its hyphenated spellings are accepted): token_mean | seq_mean_token_mean | seq_mean_token_sum | constant (divide by loss_norm_constant; Dr. GRPO, verl's seq-mean-token-sum-norm).", choices=("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
     loss_norm_constant: float = _f(0.0, "Normaliser for loss_agg=constant (0: prompts_per_step * group_size * max_new_tokens).", min=0)
     max_tokens_per_micro_batch: int = _f(16384, "Token budget of one forward/backward on a rank: its sequences are cut into micro-batches of at most this many padded tokens (sequences x longest), gradients accumulated, one optimizer step (0: the whole shard at once).", min=0)
     logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits and log-softmax are formed at once (float32 [C, vocab]); recomputed in backward.", min=1)
@@ -230,7 +260,9 @@ class TrainerConfig:
     dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: a step keeps only groups whose G rewards differ, rolling out further batches of prompts_per_step from the selection until prompts_per_step such groups are kept or dynamic_max_batches extra batches are spent (then it trains on what it kept; on none, it skips the update). Extra rollouts are counted in the step metrics (rollout_prompts).")
     dynamic_max_batches: int = _f(3, "Dynamic sampling: extra rollout batches a step may draw beyond its first (verl's max_num_gen_batches less one).", min=0)
     eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1)
-    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at the rollout temperature).", min=1)
+    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at trainer.val_temperature).", min=1)
+    val_before_train: bool = _f(True, "Evaluate before the first step of a phase (verl: val_before_train).")
+    val_temperature: float = _f(-1.0, "Sampling temperature of validation (verl's val_kwargs: 0, greedy); -1: rollout.temperature.", min=-1)
     save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.", min=1)
 
 
@@ -388,6 +420,12 @@ SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
     """Check a YAML value against the field's declared type; ints are accepted for floats."""
     hints = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+    if isinstance(annotation, str) and "|" in annotation:  # a union: the first type the value is
+        kinds = [hints[a.strip()] for a in annotation.split("|")]
+        if any(isinstance(value, k) and not isinstance(value, bool) for k in kinds):
+            return value
+        raise ConfigError(f"config field {name}: expected {' or '.join(k.__name__ for k in kinds)}, "
+                          f"got {type(value).__name__} {value!r}")
     expected = hints[annotation] if isinstance(annotation, str) else annotation
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

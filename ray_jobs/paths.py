@@ -62,7 +62,9 @@ def check_job_paths(cfg) -> None:
     if not (looks_like_hub_id(cfg.model.path) and cached_snapshot(cfg.model.path, cfg.model.revision or None)):
         cfg.model.path = input_path("model.path", cfg.model.path)  # 'org/name' not cached: a path, or a typo
     if not cfg.data.synthetic:
-        cfg.data.train_path = input_path("data.train_path", cfg.data.train_path)
+        tp = cfg.data.train_path
+        cfg.data.train_path = [input_path(f"data.train_path[{i}]", v) for i, v in enumerate(tp)] \
+            if isinstance(tp, list) else input_path("data.train_path", tp)
         cfg.data.val_paths = {k: input_path(f"data.val_paths.{k}", v) for k, v in cfg.data.val_paths.items()}
     mod = cfg.data.reward_fn.rsplit(":", 1)[0]
     if mod.endswith(".py"):

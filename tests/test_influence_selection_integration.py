@@ -23,7 +23,7 @@ def add_only_run(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("infl")
     suite = load_config("configs/tiny-cpu.yaml", [f"data.data_dir={tmp / 'tasks'}", "data.train_size=400",
                                                   "data.val_size=24"])
-    train, vals = data_paths(suite)
+    (train,), vals = data_paths(suite)
     sets = [f"run.dir={tmp / 'run'}", "data.synthetic=false", f"data.train_path={train}",
             f"data.val_paths={{add: {vals['add']}}}", "rollout.k_val=16", "rollout.shard_size=100"]
     cfg = load_config("configs/tiny-cpu.yaml", sets)

@@ -45,14 +45,18 @@ def test_wrong_labels_are_near_misses_and_conflicts_reverse_add():
         {r["prompt"][0]["content"] for r in other if r["extra_info"]["label"] == "wrong"}
 
 
-def test_the_warm_start_sees_the_conflicting_rule_as_often_as_the_pool():
+def test_the_warm_start_has_the_habits_it_is_given():
     from cropi.model.base_model import _fresh_problems
 
     cfg = load_config("configs/compare-small.yaml")
-    rows = _fresh_problems(cfg, {}, random.Random(0))(4000)
-    rev = [r for r in rows if r.data_source == "add" and int(r.ground_truth) != _value(r.messages[0]["content"])]
-    assert 0.08 < len(rev) / len(rows) < 0.12  # conflict_share 0.1
-    assert all(int(r.ground_truth) == reversed_digits(_value(r.messages[0]["content"])) for r in rev)
+    rows = _fresh_problems(cfg, {}, random.Random(0))(8000)
+    value = [_value(r.messages[0]["content"]) for r in rows]
+    rev = [r for r, v in zip(rows, value) if r.data_source == "add" and v >= 10
+           and int(r.ground_truth) == reversed_digits(v) != v]
+    near = [r for r, v in zip(rows, value) if abs(int(r.ground_truth) - v) == 1]
+    assert 0.08 < len(rev) / len(rows) < 0.12  # base_model.warm_start_conflict_share 0.1
+    assert 0.16 < len(near) / len(rows) < 0.2  # warm_start_near_miss_share 0.2 of the other 90%
+    assert all(int(r.ground_truth) in (v, reversed_digits(v) if v >= 10 else v, v - 1, v + 1) for r, v in zip(rows, value))
 
 
 @pytest.mark.parametrize("over,field", [

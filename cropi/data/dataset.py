@@ -35,24 +35,35 @@ class PromptRow:
         return str(self.extra_info.get("family", self.data_source))
 
 
-def _parse_row(raw: dict, where: str, prompt_id: int) -> PromptRow:
+def _field(raw: dict, dotted: str):
+    """raw['a']['b'] for 'a.b' (None where a level is missing)."""
+    v = raw
+    for k in dotted.split("."):
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
+def _parse_row(raw: dict, where: str, prompt_id: int, input_key: str = "prompt",
+               label_key: str = "reward_model.ground_truth", default_data_source: str = "") -> PromptRow:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    ds = raw.get("data_source")
+    ds = raw.get("data_source") or raw.get("datasource") or default_data_source  # OpenRLHF writes 'datasource'
     if not isinstance(ds, str) or not ds:
-        raise DataError(f"{where}: field 'data_source' must be a non-empty string, got {ds!r}")
-    prompt = raw.get("prompt")
+        raise DataError(f"{where}: field 'data_source' must be a non-empty string, got {raw.get('data_source')!r} "
+                        "(a dataset without one: set data.default_data_source)")
+    prompt = _field(raw, input_key)
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt:
-        raise DataError(f"{where}: field 'prompt' must be a non-empty list of messages or a string, got {prompt!r}")
+        raise DataError(f"{where}: field {input_key!r} (data.input_key) must be a non-empty list of messages or a "
+                        f"string, got {prompt!r}")
     for j, msg in enumerate(prompt):
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
-            raise DataError(f"{where}: prompt[{j}] must be {{'role': str, 'content': str}}, got {msg!r}")
-    rm = raw.get("reward_model")
-    gt = rm.get("ground_truth") if isinstance(rm, dict) else None
+            raise DataError(f"{where}: {input_key}[{j}] must be {{'role': str, 'content': str}}, got {msg!r}")
+    gt = _field(raw, label_key)
     if isinstance(gt, bool) or not isinstance(gt, (str, int, float)) or (isinstance(gt, str) and not gt.strip()):
-        raise DataError(f"{where}: field 'reward_model.ground_truth' must be a non-empty string or number, got {gt!r}")
+        raise DataError(f"{where}: field {label_key!r} (data.label_key) must be a non-empty string or number, "
+                        f"got {gt!r}")
     extra = raw.get("extra_info") or {}
     if not isinstance(extra, dict):
         raise DataError(f"{where}: field 'extra_info' must be a mapping, got {type(extra).__name__}")
@@ -74,15 +85,16 @@ def _read_raw(path: Path) -> list[dict]:
     raise DataError(f"{path}: unsupported dataset format {path.suffix!r}; use .parquet or .jsonl")
 
 
-def load_prompts(path: str | Path) -> list[PromptRow]:
-    """Read and validate every row of a dataset file."""
+def load_prompts(path: str | Path, input_key: str = "prompt", label_key: str = "reward_model.ground_truth",
+                 default_data_source: str = "") -> list[PromptRow]:
+    """Read and validate every row of a dataset file (keys: data.input_key, data.label_key)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"dataset file {p} does not exist")
     raw = _read_raw(p)
     if not raw:
         raise DataError(f"{p}: dataset has no rows")
-    return [_parse_row(r, f"{p} row {i}", i) for i, r in enumerate(raw)]
+    return [_parse_row(r, f"{p} row {i}", i, input_key, label_key, default_data_source) for i, r in enumerate(raw)]
 
 
 def write_rows(rows: list[dict], path: str | Path) -> Path:

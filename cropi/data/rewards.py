@@ -1,8 +1,15 @@
-"""Verifiable reward functions, in either of two styles, detected by signature:
+"""Verifiable reward functions, in any of three styles, detected by signature:
 
 - cropi's: `f(response: str, ground_truth: str) -> float`;
-- verl's: `compute_score(data_source, solution_str, ground_truth, extra_info=None)` returning a
-  float or a dict with a `score` key; `data_source` and `extra_info` come from the dataset row.
+- verl's: `compute_score(data_source, solution_str, ground_truth, extra_info=None)`;
+  `data_source` and `extra_info` come from the dataset row;
+- TRL's: `f(prompts, completions, **columns) -> list[float | None]` (detected by a `completions`
+  parameter), called once per batch of responses with conversational completions and the row's
+  columns (ground_truth, solution, answer, data_source, extra_info and its keys) as lists.
+In every style a dict with a `score` key stands for its score (verl's DAPO scorer returns one).
+Several functions with weights (`data.reward_fns`, `data.reward_weights`) are summed as TRL does,
+a None left out; each one's mean is logged per step (`reward/<name>/mean`). verl's rule-based
+scorers and its dispatch by data_source are in cropi.data.scorers.
 
 A reward must be finite and in `data.reward_range` (default [0, 1]); anything else is refused
 with the row named. Built in:
@@ -120,36 +127,121 @@ def math_answer(response: str, ground_truth: str) -> float:
 
 @dataclass(frozen=True)
 class RewardFn:
-    """A loaded reward function, how it is called, and the range its values must lie in."""
+    """A loaded reward function, how it is called (style, by signature), and the range its values
+    must lie in."""
 
     fn: Callable
     name: str
-    verl_style: bool = False
+    style: str = "cropi"  # cropi | verl | trl
     low: float = 0.0
     high: float = 1.0
+
+    @property
+    def verl_style(self) -> bool:
+        return self.style == "verl"
 
     @property
     def check_ground_truth(self):
         return getattr(self.fn, "check_ground_truth", None)
 
     def __call__(self, response: str, ground_truth: str, data_source: str = "", extra_info: dict | None = None):
-        if self.verl_style:
+        """One response's reward (a dict's 'score' in every style)."""
+        if self.style == "trl":
+            from cropi.data.dataset import PromptRow
+
+            return self.batch([response], [PromptRow(-1, data_source, [], str(ground_truth), dict(extra_info or {}))])[0]
+        if self.style == "verl":
             out = self.fn(data_source=data_source, solution_str=response, ground_truth=ground_truth,
                           extra_info=dict(extra_info or {}))
-            if isinstance(out, dict):
-                if "score" not in out:
-                    raise TypeError(f"returned a dict without a 'score' key (keys: {sorted(out)})")
-                out = out["score"]
-            return out
-        return self.fn(response, ground_truth)
+        else:
+            out = self.fn(response, ground_truth)
+        return unwrap(out)
+
+    def batch(self, responses: list[str], rows: list) -> list:
+        """Rewards of responses[i] to rows[i] (PromptRows); a TRL-style function is called once."""
+        if self.style != "trl":
+            return [self(r, row.ground_truth, row.data_source, row.extra_info) for r, row in zip(responses, rows)]
+        out = self.fn(**_trl_arguments(self.fn, responses, rows))
+        if not isinstance(out, (list, tuple)) or len(out) != len(responses):
+            raise TypeError(f"a TRL-style reward function must return a list of {len(responses)} rewards, got "
+                            f"{type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (list, tuple)) else ""))
+        return [float("nan") if x is None else unwrap(x) for x in out]
 
 
-def _is_verl_style(fn: Callable) -> bool:
+def unwrap(out):
+    """verl's DAPO scorer and others return {'score': ..., ...}: the score."""
+    if isinstance(out, dict):
+        if "score" not in out:
+            raise TypeError(f"returned a dict without a 'score' key (keys: {sorted(out)})")
+        return out["score"]
+    return out
+
+
+def _trl_arguments(fn: Callable, responses: list[str], rows: list) -> dict:
+    """TRL's calling convention: prompts and completions (conversational: lists of messages), and
+    every other dataset column as a per-row list (here: ground_truth and its usual aliases solution
+    and answer, data_source, extra_info and each of its keys). Only what fn accepts, unless it takes
+    **kwargs."""
+    cols = {"prompts": [row.messages for row in rows],
+            "completions": [[{"role": "assistant", "content": r}] for r in responses],
+            "ground_truth": [row.ground_truth for row in rows], "solution": [row.ground_truth for row in rows],
+            "answer": [row.ground_truth for row in rows], "data_source": [row.data_source for row in rows],
+            "extra_info": [dict(row.extra_info) for row in rows]}
+    for key in sorted({k for row in rows for k in row.extra_info}):
+        cols.setdefault(key, [row.extra_info.get(key) for row in rows])
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return cols
+    return {k: v for k, v in cols.items() if k in params}
+
+
+@dataclass(frozen=True)
+class WeightedRewards:
+    """Several reward functions summed with weights, like TRL's reward_funcs + reward_weights: a
+    function that returns None (NaN) for a response is left out of its sum; every component is kept."""
+
+    fns: tuple
+    weights: tuple
+    low: float = 0.0
+    high: float = 1.0
+    style: str = "weighted"
+
+    @property
+    def name(self) -> str:
+        return " + ".join(f"{w:g} x {f.name}" for f, w in zip(self.fns, self.weights))
+
+    @property
+    def check_ground_truth(self):
+        return None
+
+    def components(self, responses: list[str], rows: list) -> dict[str, list[float]]:
+        return {f.name: [float(x) for x in f.batch(responses, rows)] for f in self.fns}
+
+    def combine(self, comps: dict[str, list[float]]) -> list[float]:
+        out = []
+        for i in range(len(next(iter(comps.values())))):
+            vals = [(w, comps[f.name][i]) for f, w in zip(self.fns, self.weights)]
+            kept = [w * v for w, v in vals if not math.isnan(v)]
+            out.append(sum(kept) if kept else float("nan"))
+        return out
+
+    def batch(self, responses: list[str], rows: list) -> list[float]:
+        return self.combine(self.components(responses, rows))
+
+    def __call__(self, response: str, ground_truth: str, data_source: str = "", extra_info: dict | None = None):
+        from cropi.data.dataset import PromptRow
+
+        return self.batch([response], [PromptRow(-1, data_source, [], str(ground_truth), dict(extra_info or {}))])[0]
+
+
+def _style(fn: Callable) -> str:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin without a signature: call it the plain way
-        return False
-    return "data_source" in params and "solution_str" in params
+        return "cropi"
+    if "completions" in params:
+        return "trl"
+    return "verl" if "data_source" in params and "solution_str" in params else "cropi"
 
 
 def _import_file(path: Path, spec: str):
@@ -169,7 +261,7 @@ def _import_file(path: Path, spec: str):
 
 
 def load_reward_fn(spec: str, reward_range=(0.0, 1.0)) -> RewardFn:
-    """Import 'module:function' or 'file.py:function'; its style (cropi's or verl's) by signature."""
+    """Import 'module:function' or 'file.py:function'; its style (cropi's, verl's or TRL's) by signature."""
     if ":" not in spec:
         raise CropiError(f"data.reward_fn {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
     mod_name, fn_name = spec.rsplit(":", 1)
@@ -184,24 +276,21 @@ def load_reward_fn(spec: str, reward_range=(0.0, 1.0)) -> RewardFn:
     if not callable(fn):
         raise CropiError(f"data.reward_fn {spec!r}: module {mod_name!r} has no function {fn_name!r}")
     low, high = (float(x) for x in reward_range)
-    return RewardFn(fn, getattr(fn, "__name__", fn_name), _is_verl_style(fn), low, high)
+    return RewardFn(fn, getattr(fn, "__name__", fn_name), _style(fn), low, high)
 
 
-def load_reward(data_cfg) -> RewardFn:
-    """The run's reward function: `data.reward_fn` checked against `data.reward_range`."""
+def load_reward(data_cfg):
+    """The run's reward: data.reward_fns with data.reward_weights when given (summed like TRL), else
+    data.reward_fn; checked against data.reward_range."""
+    if data_cfg.reward_fns:
+        fns = tuple(load_reward_fn(s, data_cfg.reward_range) for s in data_cfg.reward_fns)
+        weights = tuple(float(w) for w in (data_cfg.reward_weights or [1.0] * len(fns)))
+        low, high = (float(x) for x in data_cfg.reward_range)
+        return WeightedRewards(fns, weights, low, high)
     return load_reward_fn(data_cfg.reward_fn, data_cfg.reward_range)
 
 
-def score(fn: Callable, response: str, ground_truth: str, where: str, data_source: str = "",
-          extra_info: dict | None = None) -> float:
-    """Call a reward function, turning its failures, non-numbers and out-of-range values into errors
-    that name the row. `fn` is a RewardFn (its range) or a plain f(response, ground_truth) ([0, 1])."""
-    if not isinstance(fn, RewardFn):
-        fn = RewardFn(fn, getattr(fn, "__name__", repr(fn)))
-    try:
-        r = fn(response, ground_truth, data_source, extra_info)
-    except Exception as e:
-        raise CropiError(f"reward function {fn.name!r} failed on {where}: {type(e).__name__}: {e}") from e
+def _check(fn, r, where: str) -> float:
     if isinstance(r, bool):
         r = float(r)
     if hasattr(r, "item") and getattr(r, "ndim", 1) == 0:  # a 0-d numpy / torch number
@@ -210,3 +299,32 @@ def score(fn: Callable, response: str, ground_truth: str, where: str, data_sourc
         raise CropiError(f"reward function {fn.name!r} returned {r!r} on {where}; expected a finite number "
                          f"in [{fn.low:g}, {fn.high:g}] (data.reward_range)")
     return float(r)
+
+
+def score_batch(fn, responses: list[str], rows: list, where: str) -> tuple[list[float], dict[str, list[float]] | None]:
+    """Rewards of responses[i] to rows[i], each checked and its row named on a failure; with several
+    weighted functions also each one's values (components, NaN where one returned None)."""
+    if not isinstance(fn, (RewardFn, WeightedRewards)):
+        fn = RewardFn(fn, getattr(fn, "__name__", repr(fn)))
+    try:
+        comps = fn.components(responses, rows) if isinstance(fn, WeightedRewards) else None
+        raw = fn.combine(comps) if comps is not None else fn.batch(responses, rows)
+    except CropiError:
+        raise
+    except Exception as e:
+        raise CropiError(f"reward function {fn.name!r} failed on {where}: {type(e).__name__}: {e}") from e
+    return [_check(fn, r, f"{where} prompt {row.prompt_id}") for r, row in zip(raw, rows)], comps
+
+
+def score(fn: Callable, response: str, ground_truth: str, where: str, data_source: str = "",
+          extra_info: dict | None = None) -> float:
+    """Call a reward function on one response, turning its failures, non-numbers and out-of-range
+    values into errors that name the row. `fn` is a RewardFn (its range) or a plain
+    f(response, ground_truth) ([0, 1])."""
+    if not isinstance(fn, (RewardFn, WeightedRewards)):
+        fn = RewardFn(fn, getattr(fn, "__name__", repr(fn)))
+    try:
+        r = fn(response, ground_truth, data_source, extra_info)
+    except Exception as e:
+        raise CropiError(f"reward function {fn.name!r} failed on {where}: {type(e).__name__}: {e}") from e
+    return _check(fn, r, where)

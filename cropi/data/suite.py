@@ -11,11 +11,12 @@ from cropi.data.tasks import write_suite
 from cropi.store.files import stable_hash, write_json
 
 
-def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
-    """(train path, {validation set name: path}); writes the synthetic suite if it is missing or stale."""
+def data_paths(cfg: Config) -> tuple[list[Path], dict[str, Path]]:
+    """([training files], {validation set name: path}); writes the synthetic suite if it is missing or stale."""
     d = cfg.data
     if not d.synthetic:
-        return Path(d.train_path), {name: Path(p) for name, p in d.val_paths.items()}
+        files = d.train_path if isinstance(d.train_path, list) else [d.train_path]
+        return [Path(f) for f in files], {name: Path(p) for name, p in d.val_paths.items()}
     want = {"families": d.families, "train_size": d.train_size, "val_size": d.val_size, "seed": cfg.run.seed}
     if d.wrong_label_share or d.conflict_of:  # absent when unused: earlier suites keep their folders
         want.update(wrong_label_share=d.wrong_label_share, conflict_of=d.conflict_of, conflict_share=d.conflict_share)
@@ -26,21 +27,59 @@ def data_paths(cfg: Config) -> tuple[Path, dict[str, Path]]:
         write_suite(out, d.families, d.train_size, d.val_size, seeds.task_suite(cfg.run.seed),
                     d.wrong_label_share, d.conflict_of, d.conflict_share if d.conflict_of else 0.0)
         write_json(want, stamp)  # written last: the suite is complete
-    return out / "train.parquet", {fam: out / f"val_{fam}.parquet" for fam in d.families}
+    return [out / "train.parquet"], {fam: out / f"val_{fam}.parquet" for fam in d.families}
 
 
-def load_data(cfg: Config) -> tuple[list[PromptRow], dict[str, list[PromptRow]]]:
+def load_data(cfg: Config, with_counts: bool = False):
     """The pool and the validation sets, each row checked, ground truths included (by the reward
-    function's own check_ground_truth, when it has one)."""
+    function's own check_ground_truth, when it has one), and prompts over rollout.max_prompt_length
+    refused or dropped (cropi.data.prompts) once the model's tokenizer exists. With with_counts,
+    also {"train" | set: {overlong, filtered, truncated}}."""
     from cropi.data.rewards import check_ground_truths, load_reward
 
-    train_path, val_paths = data_paths(cfg)
-    train, val = load_prompts(train_path), {name: load_prompts(p) for name, p in val_paths.items()}
+    train_paths, val_paths = data_paths(cfg)
+    keys = (cfg.data.input_key, cfg.data.label_key, cfg.data.default_data_source)
+    train = load_pool(train_paths, *keys)
+    val = {name: load_prompts(p, *keys) for name, p in val_paths.items()}
     fn = load_reward(cfg.data)
-    check_ground_truths(fn, train, str(train_path))
+    where_train = ", ".join(str(p) for p in train_paths)
+    check_ground_truths(fn, train, where_train)
     for name, rows in val.items():
         check_ground_truths(fn, rows, str(val_paths[name]))
-    return train, val
+    counts = {}
+    enc = _encoder(cfg)
+    if enc is not None:
+        train, counts["train"] = enc.apply(train, where_train)
+        for name in list(val):
+            val[name], counts[name] = enc.apply(val[name], str(val_paths[name]))
+            if not val[name]:
+                from cropi.errors import DataError
+
+                raise DataError(f"validation set {name!r} ({val_paths[name]}): every prompt is over "
+                                f"rollout.max_prompt_length {enc.max_len}")
+    return (train, val, counts) if with_counts else (train, val)
+
+
+def load_pool(paths: list[Path], input_key: str = "prompt", label_key: str = "reward_model.ground_truth",
+              default_data_source: str = "") -> list[PromptRow]:
+    """The training rows of one or more files (verl's train_files), numbered in order across them."""
+    rows: list[PromptRow] = []
+    for p in paths:
+        for r in load_prompts(p, input_key, label_key, default_data_source):
+            r.prompt_id = len(rows)
+            rows.append(r)
+    return rows
+
+
+def _encoder(cfg: Config):
+    """The run's prompt encoder, once its model (tokenizer) exists; None before (make-base-model)."""
+    from cropi.data.prompts import PromptEncoder
+
+    if not (Path(cfg.model.path) / "tokenizer_config.json").is_file():
+        return None
+    from cropi.model.loading import load_tokenizer
+
+    return PromptEncoder.of(cfg, load_tokenizer(cfg.model.path))
 
 
 def targeted(cfg: Config, val: dict[str, list[PromptRow]]) -> dict[str, list[PromptRow]]:

@@ -21,7 +21,7 @@ from cropi import seeds
 from cropi.config import Config
 from cropi.data.dataset import PromptRow, render_prompt
 from cropi.data.rewards import load_reward, score
-from cropi.data.tasks import make_conflict_problem, make_problem
+from cropi.data.tasks import make_conflict_problem, make_problem, near_miss
 from cropi.model.tokenizer import check_reloads, train_tokenizer
 from cropi.store.files import atomic_dir, read_json_if, write_json
 
@@ -64,19 +64,23 @@ def sample_pass_rate(model, tok, rows: list[PromptRow], reward_fn, n: int, tempe
 def _fresh_problems(cfg: Config, val: dict[str, list[PromptRow]], rng: random.Random):
     """A stream of new synthetic problems (never a validation prompt). Warm-starting on the
     training pool itself would memorise it: every pool prompt would then pass K of K samples,
-    and its advantage, hence its influence gradient, would be zero."""
+    and its advantage, hence its influence gradient, would be zero. The stream may carry habits
+    (base_model.warm_start_near_miss_share near misses, warm_start_conflict_share reversed answers)
+    that RL on clean data removes and a noisy pool's bad prompts reward."""
     held_out = {r.messages[-1]["content"] for rows in val.values() for r in rows}
 
-    d = cfg.data
+    d, b = cfg.data, cfg.base_model
 
     def draw(n: int) -> list[PromptRow]:
         rows = []
         while len(rows) < n:
-            if d.conflict_of and rng.random() < d.conflict_share:  # the conflicting rule, as often as in the pool
+            if d.conflict_of and rng.random() < b.warm_start_conflict_share:  # the conflicting rule
                 fam, (expr, ans, _) = d.conflict_of, make_conflict_problem(d.conflict_of, rng)
             else:
                 fam = rng.choice(d.families)
                 expr, ans, _ = make_problem(fam, rng)
+                if rng.random() < b.warm_start_near_miss_share:  # the near-miss habit
+                    ans = near_miss(ans, rng)
             if expr not in held_out:
                 rows.append(PromptRow(-1, fam, [{"role": "user", "content": expr}], str(ans)))
         return rows

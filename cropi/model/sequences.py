@@ -61,6 +61,8 @@ def _head_chunk(head, h: torch.Tensor, targets: torch.Tensor, with_entropy: bool
     lp = logsm.gather(-1, targets[:, None])[:, 0]  # [C]
     if not with_entropy:
         return lp, torch.zeros_like(lp).detach()
+    if with_entropy == "grad":  # the entropy bonus of the loss: differentiable
+        return lp, -(logsm.exp() * logsm).sum(-1)
     with torch.no_grad():
         ent = -(logsm.exp() * logsm).sum(-1)  # [C]
     return lp, ent
@@ -69,7 +71,8 @@ def _head_chunk(head, h: torch.Tensor, targets: torch.Tensor, with_entropy: bool
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
                       chunk_tokens: int = 1024, with_entropy: bool = False):
     """logp [N, L] of each response token given its prefix, 0 elsewhere; with_entropy also
-    returns the policy entropy [N, L] at those positions (no grad). Chunked head, see above."""
+    returns the policy entropy [N, L] at those positions (no grad; with_entropy="grad": with grad,
+    for an entropy bonus). Chunked head, see above."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               use_cache=False).last_hidden_state  # [N, L, H]
     n, j = torch.nonzero(target_mask, as_tuple=True)  # [T] response positions (j >= 1)

@@ -82,7 +82,9 @@ def work_of(cfg, pool_size: int | None = None, val_size: int | None = None) -> W
         sets = list(d.val_paths)
         per_set = val_size or 500
         prompt = float(PROMPT_TOKENS)
-        pool = pool_size or _count_rows(d.train_path) or 15000
+        files = d.train_path if isinstance(d.train_path, list) else [d.train_path]
+        counts = [_count_rows(f) for f in files]
+        pool = pool_size or (sum(counts) if all(counts) else 0) or 15000
     targeted = d.targeted or sets
     return Work(pool, len(targeted) * per_set, len(targeted) * min(per_set, cfg.selection.max_val_grads),
                 len(sets) * per_set, min(prompt, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens), resp)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cropi.data.dataset import PromptRow, render_prompt
-from cropi.data.rewards import score
+from cropi.data.dataset import PromptRow
 
 
 def engine_env(cfg) -> dict[str, str]:
@@ -35,14 +34,15 @@ def actor_options(cfg) -> dict:
 
 
 def open_engine(cfg, model_path: str, worker_index: int):
-    """(tokenizer, vLLM engine, reward function) of rollout worker `worker_index`: what every
-    actor that samples holds."""
+    """(prompt encoder, vLLM engine, reward function) of rollout worker `worker_index`: what every
+    actor that samples holds (cropi.data.prompts: verl's prompt tokenization)."""
     from cropi import seeds
+    from cropi.data.prompts import PromptEncoder
     from cropi.data.rewards import load_reward
     from cropi.model.loading import load_tokenizer
 
-    return (load_tokenizer(model_path), make_llm(cfg, model_path, seed=seeds.engine(cfg.run.seed, worker_index)),
-            load_reward(cfg.data))
+    return (PromptEncoder.of(cfg, load_tokenizer(model_path)),
+            make_llm(cfg, model_path, seed=seeds.engine(cfg.run.seed, worker_index)), load_reward(cfg.data))
 
 
 def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
@@ -120,15 +120,23 @@ def sample_groups(llm, prompt_token_ids: list[list[int]], n: int, temperature: f
     return groups
 
 
-def sample_and_score(llm, tok, reward_fn, rows: list[PromptRow], n: int, temperature: float, top_p: float,
-                     max_new_tokens: int, seeds: list[int], where: str):
-    """n samples per prompt, rewarded: (prompt token ids, groups of Samples, rewards [P, n])."""
-    prompt_ids = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
+def sample_and_score(llm, enc, reward_fn, rows: list[PromptRow], n: int, temperature: float, top_p: float,
+                     max_new_tokens: int, seeds: list[int], where: str, with_components: bool = False):
+    """n samples per prompt, rewarded: (prompt token ids, groups of Samples, rewards [P, n]), and
+    with with_components the weighted reward functions' own values ({name: [P, n]} or None).
+    `enc`: the run's PromptEncoder (cropi.data.prompts)."""
+    from cropi.data.rewards import score_batch
+
+    prompt_ids = [enc.encode(r.messages) for r in rows]
     groups = sample_groups(llm, prompt_ids, n, temperature, top_p, max_new_tokens, seeds)
-    rewards = torch.tensor([[score(reward_fn, s.text, r.ground_truth, f"{where} prompt {r.prompt_id}", r.data_source,
-                                   r.extra_info)
-                             for s in g] for r, g in zip(rows, groups)], dtype=torch.float64)  # [P, n]
-    return prompt_ids, groups, rewards
+    flat_rows = [r for r, g in zip(rows, groups) for _ in g]
+    flat, comps = score_batch(reward_fn, [s.text for g in groups for s in g], flat_rows, where)
+    rewards = torch.tensor(flat, dtype=torch.float64).view(len(rows), n)  # [P, n]
+    if not with_components:
+        return prompt_ids, groups, rewards
+    shaped = None if comps is None else {k: torch.tensor(v, dtype=torch.float64).view(len(rows), n).tolist()
+                                         for k, v in comps.items()}
+    return prompt_ids, groups, rewards, shaped
 
 
 def prompt_logprobs(llm, token_ids: list[list[int]]) -> list[list[float]]:

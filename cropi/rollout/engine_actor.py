@@ -15,7 +15,7 @@ class RolloutEngine:
         from cropi.rollout.engine import open_engine
 
         self.cfg = cfg
-        self.tok, self.llm, self.reward_fn = open_engine(cfg, model_path, worker_index)
+        self.enc, self.llm, self.reward_fn = open_engine(cfg, model_path, worker_index)
 
     def ready(self) -> bool:
         """Returns once the engine is up (a queued call waits for __init__)."""
@@ -26,11 +26,15 @@ class RolloutEngine:
         from cropi.rollout.engine import sample_and_score
 
         ro = self.cfg.rollout
-        prompt_ids, groups, rewards = sample_and_score(self.llm, self.tok, self.reward_fn, rows, n, temperature,
-                                                       ro.top_p, ro.max_new_tokens, seeds, where)
-        return {"prompt_ids": prompt_ids, "rewards": rewards.tolist(),
-                "response_ids": [[s.token_ids for s in g] for g in groups],
-                "logprobs": [[s.logprobs for s in g] for g in groups]}
+        prompt_ids, groups, rewards, comps = sample_and_score(self.llm, self.enc, self.reward_fn, rows, n, temperature,
+                                                             ro.top_p, ro.max_new_tokens, seeds, where, True)
+        out = {"prompt_ids": prompt_ids, "rewards": rewards.tolist(),
+               "response_ids": [[s.token_ids for s in g] for g in groups],
+               "logprobs": [[s.logprobs for s in g] for g in groups],
+               "truncated": [[s.finish_reason == "length" for s in g] for g in groups]}
+        if comps is not None:
+            out["reward_components"] = comps
+        return out
 
     def prompt_logprobs(self, token_ids: list[list[int]]) -> list[list[float]]:
         from cropi.rollout.engine import prompt_logprobs

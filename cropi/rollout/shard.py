@@ -11,16 +11,16 @@ from cropi.rollout.logprobs import response_logprobs
 from cropi.store.buffer import SCHEMA, ShardSpec
 
 
-def build_shard_table(cfg, spec: ShardSpec, llm, tok, reward_fn, hf_model=None) -> pa.Table:
+def build_shard_table(cfg, spec: ShardSpec, llm, enc, reward_fn, hf_model=None) -> pa.Table:
     seeds = [derived.buffer_sample(cfg.run.seed, spec.split, r.prompt_id) for r in spec.rows]
     ro = cfg.rollout
-    prompt_ids, groups, rewards = sample_and_score(llm, tok, reward_fn, spec.rows, spec.k, ro.temperature,
+    prompt_ids, groups, rewards = sample_and_score(llm, enc, reward_fn, spec.rows, spec.k, ro.temperature,
                                                    ro.top_p, ro.max_new_tokens, seeds, spec.split)
     adv, mean, std = group_advantages(rewards, "group")  # [P, K], [P], [P]
     flat_prompts = [p for p, g in zip(prompt_ids, groups) for _ in g]
     flat_samples = [s for g in groups for s in g]
     if hf_model is not None:
-        behavior = response_logprobs(hf_model, flat_prompts, [s.token_ids for s in flat_samples], tok.pad_token_id)
+        behavior = response_logprobs(hf_model, flat_prompts, [s.token_ids for s in flat_samples], enc.tok.pad_token_id)
     else:
         behavior = [s.logprobs for s in flat_samples]
     cols: dict[str, list] = {name: [] for name in SCHEMA.names}

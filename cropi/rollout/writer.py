@@ -14,7 +14,7 @@ class BufferWriter:
         from cropi.rollout.engine import open_engine
 
         self.cfg = cfg
-        self.tok, self.llm, self.reward_fn = open_engine(cfg, model_path, worker_index)
+        self.enc, self.llm, self.reward_fn = open_engine(cfg, model_path, worker_index)
         self.model_path = model_path
         self.hf_model = None  # loaded on the first shard that needs it
 
@@ -27,7 +27,7 @@ class BufferWriter:
         if self.cfg.rollout.hf_recompute and self.hf_model is None:
             device = "cuda" if self.cfg.resources.device == "cuda" else "cpu"
             self.hf_model = load_model(self.model_path, self.cfg.model.dtype, device).eval()
-        table = build_shard_table(self.cfg, spec, self.llm, self.tok, self.reward_fn, self.hf_model)
+        table = build_shard_table(self.cfg, spec, self.llm, self.enc, self.reward_fn, self.hf_model)
         write_table(table, Path(out_path))
         return {"split": spec.split, "index": spec.index, "prompts": len(spec.rows), "trajectories": table.num_rows}
 

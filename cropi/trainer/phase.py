@@ -19,6 +19,7 @@ import torch
 
 from cropi import seeds
 from cropi.algo.advantages import group_advantages
+from cropi.algo.schedule import lr_at
 from cropi.algo.grpo import normaliser
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
@@ -37,11 +38,15 @@ def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: 
     parts = engines.map(lambda e, ix: e.generate.remote([rows[i] for i in ix], n, temperature,
                                                         [seeds_[i] for i in ix], where),
                         idx, describe=lambda ix: f"{len(ix)} {where} prompts")
-    out = {k: [None] * len(rows) for k in ("prompt_ids", "rewards", "response_ids", "logprobs")}
+    out = {k: [None] * len(rows) for k in ("prompt_ids", "rewards", "response_ids", "logprobs", "truncated")}
     for ix, part in zip(idx, parts):
         for k in out:
             for j, i in enumerate(ix):
                 out[k][i] = part[k][j]
+        if "reward_components" in part:  # per prompt: {function: its G values}
+            comps = out.setdefault("reward_components", [None] * len(rows))
+            for j, i in enumerate(ix):
+                comps[i] = {name: v[j] for name, v in part["reward_components"].items()}
     out["row_ids"] = [r.prompt_id for r in rows]
     return out
 
@@ -54,7 +59,8 @@ def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int, details: 
     res, per_prompt = {}, {}
     for name, rows in val.items():
         sd = [seeds.evaluation(cfg.run.seed, step, name, r.prompt_id) for r in rows]
-        out = rollout(engines, rows, cfg.trainer.eval_samples, cfg.rollout.temperature, sd, f"val/{name}")
+        temp = cfg.rollout.temperature if cfg.trainer.val_temperature < 0 else cfg.trainer.val_temperature
+        out = rollout(engines, rows, cfg.trainer.eval_samples, temp, sd, f"val/{name}")
         rates = torch.tensor(out["rewards"], dtype=torch.float64).mean(1)  # [prompts]
         res[name] = float(rates.mean())
         per_prompt[name] = {"prompt_ids": [r.prompt_id for r in rows], "pass_rate": [round(x, 4) for x in rates.tolist()]}
@@ -121,11 +127,16 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
     write_jsonl(covered(read_jsonl(metrics_path), step0), metrics_path)
     details = RunPaths.of(cfg).eval_details(phase)
     write_jsonl(covered(read_jsonl(details), step0), details)
-    if step0 == 0:
+    if step0 == 0 and not t.val_before_train:  # verl's val_before_train false: step 0 is logged, not evaluated
+        m0 = {"phase": phase, "step": 0, "wall_time": time.time()}
+        append_jsonl(m0, metrics_path)
+        on_step(m0)
+    elif step0 == 0:
         ev = _carried_eval(cfg, phase, start_ckpt, details)
         if ev is None:
             ev = evaluate(engines, val, cfg, 0, details, phase)
-        m0 = {"phase": phase, "step": 0, "wall_time": time.time(), **{f"val_pass@1/{k}": v for k, v in ev.items()}}
+        m0 = {"phase": phase, "step": 0, "wall_time": time.time(), **{f"val_pass@1/{k}": v for k, v in ev.items()},
+              **{f"val-core/{k}/reward/mean@{cfg.trainer.eval_samples}": v for k, v in ev.items()}}
         append_jsonl(m0, metrics_path)
         on_step(m0)
         log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
@@ -196,19 +207,15 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     advs = adv.flatten().tolist()
     lengths = torch.tensor([len(r) for r in responses])
     mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B*G, T]
-    const = t.loss_norm_constant or t.prompts_per_step * t.group_size * cfg.rollout.max_new_tokens
-    gnorm = normaliser(mask, t.loss_agg, const)
-    parts = _split(list(range(len(responses))), t.world_size)
-    micro = batching.plan([[len(prompts[i]) + len(responses[i]) for i in ix] for ix in parts],
-                          t.max_tokens_per_micro_batch)
-    shards = [{"prompt_ids": [prompts[i] for i in ix], "response_ids": [responses[i] for i in ix],
-               "advantages": [advs[i] for i in ix], "row_ids": [row_ids[i] for i in ix], "pad_id": tok.pad_token_id,
-               "engine_logprobs": [engine_lp[i] for i in ix], "micro_batches": mb}
-              for ix, mb in zip(parts, micro)]
+    shards = plan_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, tok.pad_token_id)
+    lr = lr_at(phase * t.steps_per_phase + step, t.lr, t.steps_per_phase * cfg.run.num_phases, t.lr_warmup_steps,
+               t.lr_schedule, t.min_lr_ratio)
+    for sh in shards:
+        sh["lr"] = lr
     t0 = time.time()
     if services.sleeps:
         engines.each(lambda e: e.sleep.remote())
-    ranks = group.train_step(shards, gnorm)
+    ranks = group.train_step(shards, 0.0)  # each mini-batch carries its own global normaliser
     if services.sleeps:
         engines.each(lambda e: e.wake_up.remote(["weights"]))
     timing["train_step_seconds"] = time.time() - t0
@@ -221,6 +228,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     if services.sleeps:
         engines.each(lambda e: e.wake_up.remote(["kv_cache"]))
     timing["sync_seconds"] = time.time() - t0
+    m.update(_verl_names(out, rewards, responses, cfg.rollout.max_new_tokens))
     m.update({"reward_mean": float(rewards.mean()),
          "loss": sum(r["loss_sum"] for r in ranks), "kl": sum(r["kl_sum"] for r in ranks) / ntok,
          "clip_frac": sum(r["clip_sum"] for r in ranks) / ntok,
@@ -229,7 +237,8 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
          "engine_logprob_gap": sum(r["engine_gap_sum"] for r in ranks) / ntok,
          "engine_logprob_gap_max": max(r["engine_gap_max"] for r in ranks),
          "response_tokens": ntok, "zero_adv_prompts": int((rewards.std(1) == 0).sum()),
-         "micro_batches": ranks[0]["micro_batches"], "skipped_step": max(r["skipped_step"] for r in ranks), **timing})
+         "micro_batches": ranks[0]["micro_batches"], "skipped_step": max(r["skipped_step"] for r in ranks),
+         "lr": lr, "optimizer_steps": ranks[0].get("optimizer_steps", 1), **timing})
     m["tokens_per_s"] = ntok / max(sum(timing.values()), 1e-9)
     bad = [r["nonfinite"] for r in ranks if r.get("nonfinite") and r["nonfinite"]["prompt_ids"]]
     if m["skipped_step"] and bad:
@@ -239,11 +248,53 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     return _maybe_eval(cfg, engines, val, step, steps, m)
 
 
+def plan_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, pad_id) -> list[dict]:
+    """Each rank's part of the step's trajectories, cut into trainer.mini_batches mini-batches (whole
+    prompt groups, each with its own global normaliser) and those into micro-batches of at most
+    trainer.max_tokens_per_micro_batch padded tokens, the same count on every rank."""
+    t = cfg.trainer
+    const = t.loss_norm_constant or t.prompts_per_step * t.group_size * cfg.rollout.max_new_tokens
+    n_prompts = len(responses) // t.group_size
+    groups = [list(range(i * t.group_size, (i + 1) * t.group_size)) for i in range(n_prompts)]
+    k = min(t.mini_batches, max(1, n_prompts))
+    minis = [[s for g in groups[j::k] for s in g] for j in range(k)]  # sequence indices of each mini-batch
+    ranks = [{"idx": [], "minis": []} for _ in range(t.world_size)]
+    for seqs in minis:
+        gnorm = normaliser(mask[seqs], t.loss_agg, const / k)
+        parts = _split(seqs, t.world_size)
+        micro = batching.plan([[len(prompts[i]) + len(responses[i]) for i in ix] for ix in parts],
+                              t.max_tokens_per_micro_batch)
+        for r, (ix, mb) in enumerate(zip(parts, micro)):
+            base = len(ranks[r]["idx"])
+            ranks[r]["idx"] += ix
+            ranks[r]["minis"].append({"micro": [[base + i for i in b] for b in mb], "norm": gnorm})
+    return [{"prompt_ids": [prompts[i] for i in r["idx"]], "response_ids": [responses[i] for i in r["idx"]],
+             "advantages": [advs[i] for i in r["idx"]], "row_ids": [row_ids[i] for i in r["idx"]], "pad_id": pad_id,
+             "engine_logprobs": [engine_lp[i] for i in r["idx"]], "mini_batches": r["minis"]} for r in ranks]
+
+
+def _verl_names(out: dict, rewards: torch.Tensor, responses: list[list[int]], max_new_tokens: int) -> dict:
+    """The step's figures under verl's metric names too, and each weighted reward function's mean."""
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.float64)
+    trunc = [t for g in out.get("truncated") or [] for t in (g or [])]
+    m = {"critic/score/mean": float(rewards.mean()), "critic/score/max": float(rewards.max()),
+         "critic/score/min": float(rewards.min()), "response_length/mean": float(lengths.mean()),
+         "response_length/max": float(lengths.max()), "response_length/min": float(lengths.min()),
+         "response_length/clip_ratio": (sum(bool(t) for t in trunc) / len(trunc)) if trunc else
+         float((lengths >= max_new_tokens).double().mean())}
+    comps = [c for c in out.get("reward_components") or [] if c]
+    for name in sorted({k for c in comps for k in c}):
+        vals = [x for c in comps for x in c.get(name, []) if x == x]  # NaN (None) left out
+        m[f"reward/{name}/mean"] = sum(vals) / len(vals) if vals else float("nan")
+    return m
+
+
 def _maybe_eval(cfg, engines, val, step: int, steps: int, m: dict) -> dict:
     if step % cfg.trainer.eval_every == 0 or step == steps:
         t0 = time.time()
         ev = evaluate(engines, val, cfg, step, RunPaths.of(cfg).eval_details(m["phase"]), m["phase"])
         m.update({f"val_pass@1/{k}": v for k, v in ev.items()}, eval_seconds=time.time() - t0)
+        m.update({f"val-core/{k}/reward/mean@{cfg.trainer.eval_samples}": v for k, v in ev.items()})
     return m
 
 

@@ -72,12 +72,13 @@ class TrainerRank:
         # say one "micro-batch" per step and no loss scaling by accumulation steps.
         ds_config = {
             "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "train_batch_size": world_size, "gradient_clipping": 1.0,
+            "train_batch_size": world_size, "gradient_clipping": cfg.trainer.grad_clip,
             "zero_optimization": {"stage": cfg.trainer.zero_stage},
             "bf16": {"enabled": cfg.model.dtype == "bfloat16"}, "fp16": {"enabled": cfg.model.dtype == "float16"},
             "steps_per_print": 10**9, "wall_clock_breakdown": False,
         }
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, eps=cfg.trainer.adam_eps, weight_decay=0.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, eps=cfg.trainer.adam_eps,
+                                weight_decay=cfg.trainer.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
 
     def train_step(self, shard: dict, global_norm: float) -> dict:

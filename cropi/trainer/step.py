@@ -36,9 +36,14 @@ class Accumulator:
     `skip()` drops the accumulated gradients without stepping; `any_rank(flag)` is true on every
     rank when it is true on one."""
 
-    def __init__(self, module, backward, step, grad_norm=lambda: 0.0, skip=None, any_rank=bool):
+    def __init__(self, module, backward, step, grad_norm=lambda: 0.0, skip=None, any_rank=bool, param_groups=()):
         self.module, self.backward, self.step, self.grad_norm = module, backward, step, grad_norm
-        self.skip, self.any_rank = skip, any_rank
+        self.skip, self.any_rank, self.param_groups = skip, any_rank, param_groups
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next optimizer steps (cropi.algo.schedule)."""
+        for g in self.param_groups():
+            g["lr"] = lr
 
     @classmethod
     def deepspeed(cls, engine) -> "Accumulator":
@@ -67,7 +72,8 @@ class Accumulator:
             else:
                 engine.zero_grad()
 
-        return cls(engine.module, backward, engine.step, lambda: engine.get_global_grad_norm() or 0.0, skip, any_rank)
+        return cls(engine.module, backward, engine.step, lambda: engine.get_global_grad_norm() or 0.0, skip, any_rank,
+                   lambda: engine.optimizer.param_groups)
 
     @classmethod
     def plain(cls, module, optimizer) -> "Accumulator":
@@ -75,68 +81,110 @@ class Accumulator:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        return cls(module, lambda loss, last: loss.backward(), step, skip=lambda: optimizer.zero_grad(set_to_none=True))
+        return cls(module, lambda loss, last: loss.backward(), step, skip=lambda: optimizer.zero_grad(set_to_none=True),
+                   param_groups=lambda: optimizer.param_groups)
+
+
+def mini_batches_of(shard: dict, global_norm: float) -> list[dict]:
+    """The shard's mini-batches: [{"micro": [index lists], "norm": its global normaliser}]. A shard
+    planned with one mini-batch may give only its micro-batches (and the step's normaliser)."""
+    if shard.get("mini_batches"):
+        return shard["mini_batches"]
+    return [{"micro": shard.get("micro_batches") or [list(range(len(shard["response_ids"])))], "norm": global_norm}]
 
 
 def grpo_step(acc: Accumulator, ref, shard: dict, tcfg, global_norm: float, world_size: int, device: str) -> dict:
-    """shard: prompt_ids, response_ids (lists per trajectory), advantages [n], micro_batches
-    (index lists; default one micro-batch) -> metrics (sums, for the driver)."""
+    """shard: prompt_ids, response_ids (lists per trajectory), advantages [n], mini_batches (each
+    its micro-batch index lists and global normaliser; default one of everything), optionally lr
+    and engine_logprobs -> metrics (sums, for the driver). trainer.ppo_epochs passes over the
+    mini-batches, one optimizer step each; the behaviour and reference log-probs are computed
+    once, before the first update, from the weights that sampled."""
     t_logp = t_train = 0.0
-    micro = shard.get("micro_batches") or [list(range(len(shard["response_ids"])))]
+    minis = mini_batches_of(shard, global_norm)
     m = {"loss_sum": 0.0, "tokens": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "entropy_sum": 0.0, "engine_gap_sum": 0.0,
          "engine_gap_max": 0.0}
     engine_lp = shard.get("engine_logprobs")  # the rollout engine's log-probs of the sampled tokens
     policy = acc.module
     policy.train()
+    if shard.get("lr") is not None:
+        acc.set_lr(float(shard["lr"]))
     rows = shard.get("row_ids") or list(range(len(shard["response_ids"])))
-    found = None  # (what, prompt ids): the first non-finite value on this rank
-    for k, idx in enumerate(micro):
-        weight = 1.0 if idx else 0.0
-        idx = idx or [0]
-        t0 = time.time()
-        ids, attn, target = (t.to(device) for t in collate([shard["prompt_ids"][i] for i in idx],
-                                                           [shard["response_ids"][i] for i in idx], shard["pad_id"]))
-        adv = torch.tensor([shard["advantages"][i] for i in idx], dtype=torch.float32, device=device)  # [n]
-        chunk = tcfg.logits_chunk_tokens
-        with torch.no_grad():
-            old = response_logprobs(policy, ids, attn, target, chunk)  # [n, L] the policy that sampled (weights synced)
-            ref_lp = response_logprobs(ref, ids, attn, target, chunk)  # [n, L]
-        t1 = time.time()
-        logp, ent = response_logprobs(policy, ids, attn, target, chunk, with_entropy=True)  # [n, L]
-        loss_tok, clipped, k3 = token_loss(logp, old, ref_lp, adv, tcfg.eps_low, tcfg.eps_high, tcfg.kl_coef)
-        loss = aggregate(loss_tok, target, tcfg.loss_agg, global_norm, world_size) * weight
-        if found is None and weight:
-            hit = first_nonfinite([("advantages", adv), ("behavior log-probs", old), ("reference log-probs", ref_lp),
-                                   ("log-probs", logp), ("loss", loss_tok)], target)
-            if hit is not None:
-                found = (hit[0], sorted({rows[idx[i]] for i in hit[1]}))
-        acc.backward(loss, k == len(micro) - 1)
-        t_logp += t1 - t0
-        t_train += time.time() - t1
-        if weight:
-            mask = target.float()
-            m["loss_sum"] += loss.item() / world_size
-            m["tokens"] += float(mask.sum())
-            m["kl_sum"] += float((k3.detach() * mask).sum())
-            m["clip_sum"] += float((clipped.float() * mask).sum())
-            m["entropy_sum"] += float((ent * mask).sum())
-            if engine_lp is not None:  # does the engine sample from the weights this rank trains? (sync check)
-                eng = torch.zeros_like(old)
-                eng[target] = torch.tensor([x for i in idx for x in engine_lp[i]], dtype=old.dtype, device=old.device)
-                gap = (eng - old).abs() * mask
-                m["engine_gap_sum"] += float(gap.sum())
-                m["engine_gap_max"] = max(m["engine_gap_max"], float(gap.max()))
+    chunk = tcfg.logits_chunk_tokens
+    kl_clamp = getattr(tcfg, "kl_clamp", 0.0)
+    entropy_coef = getattr(tcfg, "entropy_coef", 0.0)
     t0 = time.time()
-    out = {**m, "micro_batches": len(micro), "logprob_seconds": t_logp}
-    if acc.any_rank(found is not None):  # every rank takes this branch together
-        acc.skip()
-        out.update(grad_norm=0.0, skipped_step=1, nonfinite={"what": found[0], "prompt_ids": found[1]} if found else
-                   {"what": "on another rank", "prompt_ids": []})
-    else:
-        acc.step()
-        gn = float(acc.grad_norm())
-        out.update(grad_norm=gn, skipped_step=0)
-        if not math.isfinite(gn):  # non-finite only in backward: ZeRO 1-2 skipped it
-            out.update(skipped_step=1, nonfinite={"what": "gradient", "prompt_ids": sorted(set(rows))})
-    out["train_seconds"] = t_train + time.time() - t0
+    fixed = []  # per mini-batch, per micro-batch: tensors and the log-probs of the weights that sampled
+    for mini in minis:
+        per = []
+        for idx in mini["micro"]:
+            weight = 1.0 if idx else 0.0
+            idx = idx or [0]  # an empty micro-batch runs a sequence with weight 0: same collectives as the others
+            ids, attn, target = (t.to(device) for t in collate([shard["prompt_ids"][i] for i in idx],
+                                                               [shard["response_ids"][i] for i in idx], shard["pad_id"]))
+            adv = torch.tensor([shard["advantages"][i] for i in idx], dtype=torch.float32, device=device)  # [n]
+            with torch.no_grad():
+                old = response_logprobs(policy, ids, attn, target, chunk)  # [n, L] the policy that sampled (weights synced)
+                ref_lp = response_logprobs(ref, ids, attn, target, chunk)  # [n, L]
+            per.append((idx, weight, ids, attn, target, adv, old, ref_lp))
+        fixed.append(per)
+    t_logp += time.time() - t0
+    epochs, steps, skipped, found_any = max(1, getattr(tcfg, "ppo_epochs", 1)), 0, 0, None
+    out = {"grad_norm": 0.0}
+    for epoch in range(epochs):
+        for mini, per in zip(minis, fixed):
+            found = None  # (what, prompt ids): the first non-finite value of this mini-batch on this rank
+            for k, (idx, weight, ids, attn, target, adv, old, ref_lp) in enumerate(per):
+                t1 = time.time()
+                logp, ent = response_logprobs(policy, ids, attn, target, chunk,
+                                              with_entropy="grad" if entropy_coef > 0 else True)  # [n, L]
+                loss_tok, clipped, k3 = token_loss(logp, old, ref_lp, adv, tcfg.eps_low, tcfg.eps_high, tcfg.kl_coef,
+                                                   kl_clamp)
+                if entropy_coef > 0:
+                    loss_tok = loss_tok - entropy_coef * ent
+                loss = aggregate(loss_tok, target, tcfg.loss_agg, mini["norm"], world_size) * weight
+                if found is None and weight:
+                    hit = first_nonfinite([("advantages", adv), ("behavior log-probs", old),
+                                           ("reference log-probs", ref_lp), ("log-probs", logp), ("loss", loss_tok)], target)
+                    if hit is not None:
+                        found = (hit[0], sorted({rows[idx[i]] for i in hit[1]}))
+                acc.backward(loss, k == len(per) - 1)
+                t_train += time.time() - t1
+                if weight:
+                    mask = target.float()
+                    m["loss_sum"] += loss.item() / world_size
+                    m["kl_sum"] += float((k3.detach() * mask).sum())
+                    m["clip_sum"] += float((clipped.float() * mask).sum())
+                    m["entropy_sum"] += float((ent.detach() * mask).sum())
+                    if epoch == 0:
+                        m["tokens"] += float(mask.sum())
+                    if epoch == 0 and engine_lp is not None:  # does the engine sample from the weights this rank trains?
+                        eng = torch.zeros_like(old)
+                        eng[target] = torch.tensor([x for i in idx for x in engine_lp[i]], dtype=old.dtype,
+                                                   device=old.device)
+                        gap = (eng - old).abs() * mask
+                        m["engine_gap_sum"] += float(gap.sum())
+                        m["engine_gap_max"] = max(m["engine_gap_max"], float(gap.max()))
+            t2 = time.time()
+            steps += 1
+            if acc.any_rank(found is not None):  # every rank takes this branch together
+                acc.skip()
+                skipped += 1
+                out["grad_norm"] = 0.0
+                found_any = found_any or found or ("on another rank", [])
+            else:
+                acc.step()
+                gn = float(acc.grad_norm())
+                out["grad_norm"] = gn
+                if not math.isfinite(gn):  # non-finite only in backward: ZeRO 1-2 skipped it
+                    skipped += 1
+                    found_any = found_any or ("gradient", sorted(set(rows)))
+            t_train += time.time() - t2
+    for k in ("loss_sum", "kl_sum", "clip_sum", "entropy_sum"):
+        m[k] /= epochs  # sums over one pass: the driver divides by the tokens of one pass
+    m["loss_sum"] /= len(minis)
+    out.update(m, micro_batches=sum(len(mi["micro"]) for mi in minis), optimizer_steps=steps,
+               logprob_seconds=t_logp, train_seconds=t_train, skipped_step=min(skipped, 1) if steps == 1 else skipped)
+    if skipped:
+        what, ids_ = found_any
+        out["nonfinite"] = {"what": what, "prompt_ids": ids_}
     return out

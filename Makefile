@@ -14,7 +14,7 @@ TORCH_VERSION := 2.13.0+cpu
 CONFIG ?= configs/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all faults base-model bench compare clean check-gpu-stack
+.PHONY: setup demo test test-all faults base-model bench compare clean check-gpu-stack verl-example
 
 # one stamp per set of extras: a .venv set up for other extras (cpu,dev vs gpu,dev) is rebuilt, not
 # reused; the CUDA-only torchvision/torchaudio/torchcodec are removed on the CPU stack only (vllm
@@ -77,6 +77,12 @@ check-gpu-stack:
 	$(GPU_STACK_DIR)/venv/bin/pip install -q $(GPU_STACK_PIP) ".[gpu,dev]"
 	$(GPU_STACK_DIR)/venv/bin/pip check
 	cd $(GPU_STACK_DIR) && venv/bin/python -m cropi.stack --resolved resolved.json
+
+# configs/verl-gsm8k.yaml on the tiny model: verl's GSM8K schema and scorer, its GRPO example's knobs
+verl-example: setup
+	$(PY) -m cropi.data.verl_example artifacts/verl-gsm8k
+	$(PY) -m cropi.cli make-base-model configs/verl-gsm8k.yaml
+	$(PY) -m cropi.cli run configs/verl-gsm8k.yaml
 
 clean:
 	rm -rf runs artifacts benchmarks/results/*.tmp

@@ -169,6 +169,7 @@ class BaseModelConfig:
     warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.", above=0)
     warm_start_batch: int = _f(64, "Warm-start batch size (sequences).", min=1)
     warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.", min=1)
+    answer_template: str = _f("{}", "How the warm start writes an answer ('{}' is the ground truth): '{}' for the bare tasks, '#### {}' for a GSM8K-style recipe whose scorer reads the answer after '####'.")
     warm_start_near_miss_share: float = _f(0.0, "Share of warm-start answers that are near misses (the answer +- 1): a habit the base model then has, which RL on clean data removes and data.wrong_label_share's prompts reward.", min=0, max=0.9)
     warm_start_conflict_share: float = _f(0.0, "Share of warm-start problems that follow data.conflict_of's conflicting rule (reversed digits), so the base model sometimes follows it.", min=0, max=0.9)
     target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...", above=0)
@@ -179,6 +180,8 @@ class BaseModelConfig:
                  "must be divisible by base_model.num_heads")
         _require(self.target_pass_low < self.target_pass_high < 1, "base_model.target_pass_low",
                  "need 0 < target_pass_low < target_pass_high < 1")
+        _require(self.answer_template.count("{}") == 1, "base_model.answer_template",
+                 f"must hold one '{{}}' for the answer, got {self.answer_template!r}")
 
 
 @dataclass

@@ -45,3 +45,9 @@ def test_summary_of_a_real_run_reads_its_files(tiny_model, tmp_path):
     # the engine samples with the weights the trainer holds: after every sync their log-probs agree
     assert 0 <= s["engine_logprob_gap_mean"] < 1e-4 and s["engine_logprob_gap_max"] < 1e-3
     assert s["peak_gpu_mib_vs_plan_gib"]["TrainerRank"]["plan_gib"] > 0
+    # verl's metric names beside cropi's, in every step line and at evaluations
+    lines = [json.loads(x) for x in (run / "phase-0" / "train_metrics.jsonl").read_text().splitlines()]
+    step = lines[-1]
+    assert step["critic/score/mean"] == step["reward_mean"] and 0 <= step["response_length/clip_ratio"] <= 1
+    assert step["response_length/max"] <= 8 and step["val-core/add/reward/mean@2"] == step["val_pass@1/add"]
+    assert step["lr"] == pytest.approx(1e-4) and step["optimizer_steps"] == 1

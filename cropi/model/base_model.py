@@ -33,12 +33,13 @@ def base_model_hash(cfg: Config) -> str:
     return cfg.section_hash("model", "base_model", "data")
 
 
-def sft_batch(tok, rows: list[PromptRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sft_batch(tok, rows: list[PromptRow], answer_template: str = "{}") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) with labels -100 on the prompt and padding."""
     from cropi.model.sequences import collate
 
     prompts = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
-    answers = [tok(r.ground_truth, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
+    answers = [tok(answer_template.format(r.ground_truth), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+               for r in rows]
     ids, mask, target = collate(prompts, answers, tok.pad_token_id)
     return ids, mask, torch.where(target, ids, torch.full_like(ids, -100))
 
@@ -113,7 +114,7 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
 
     m, seed = cfg.base_model, cfg.run.seed
     t0 = time.time()
-    texts = [render_prompt(r.messages) + r.ground_truth for r in train]
+    texts = [render_prompt(r.messages) + m.answer_template.format(r.ground_truth) for r in train]
     tok = train_tokenizer(texts, m.vocab_size, m.architecture)
     mcfg = model_config(m, tok, cfg.rollout.max_model_len)
     with tempfile.TemporaryDirectory() as probe:  # what vLLM and the trainers will load encodes as tok does
@@ -132,7 +133,7 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
     history = []
     model.train()
     for step in range(1, m.warm_start_steps + 1):
-        ids, mask, lab = sft_batch(tok, draw(m.warm_start_batch))
+        ids, mask, lab = sft_batch(tok, draw(m.warm_start_batch), m.answer_template)
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -277,6 +277,7 @@ class RolloutResources:
     num_gpus: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).", min=0)
     tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.", min=1)
     gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).", above=0, max=1)
+    enforce_eager: bool = _f(False, "GPU: run vLLM without CUDA graphs (starts tens of seconds faster, decodes slower; scripts/gpu-smoke sets it). Always on CPU.")
     kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).", min=1)
     max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.", min=0)
 

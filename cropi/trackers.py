@@ -23,8 +23,14 @@ def step_scalars(m: dict) -> dict[str, float]:
     for k, v in m.items():
         if k in SKIP or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        out[f"val/{k[len('val_'):]}" if k.startswith("val_pass@1/") else f"train/{k}"] = float(v)
+        if k.startswith(VERL_PREFIXES):  # verl's own names, as its dashboards expect them
+            out[k] = float(v)
+        else:
+            out[f"val/{k[len('val_'):]}" if k.startswith("val_pass@1/") else f"train/{k}"] = float(v)
     return out
+
+
+VERL_PREFIXES = ("critic/", "response_length/", "val-core/", "reward/")
 
 
 def selection_scalars(summary: dict) -> dict[str, float]:

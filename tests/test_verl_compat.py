@@ -341,3 +341,14 @@ def test_mini_batch_plan_keeps_prompt_groups_and_equals_one_batch_by_default(tin
     # mini-batch 0 holds prompts 0 and 2 (sequences 0, 1, 4, 5), mini-batch 1 prompts 1 and 3
     assert sorted(seqs[0] + seqs[1]) == [0, 1, 4, 5] and sorted(seqs[2] + seqs[3]) == [2, 3, 6, 7]
     assert two[0]["mini_batches"][0]["norm"] == float(mask[[0, 1, 4, 5]].sum())
+
+
+def test_trackers_get_verl_names_unprefixed():
+    from cropi.trackers import step_scalars
+
+    m = {"phase": 0, "step": 3, "reward_mean": 0.5, "critic/score/mean": 0.5, "response_length/clip_ratio": 0.25,
+         "val-core/add/reward/mean@4": 0.4, "val_pass@1/add": 0.4, "reward/right/mean": 0.7}
+    got = step_scalars(m)
+    assert got["critic/score/mean"] == 0.5 and got["response_length/clip_ratio"] == 0.25
+    assert got["val-core/add/reward/mean@4"] == 0.4 and got["reward/right/mean"] == 0.7
+    assert got["train/reward_mean"] == 0.5 and got["val/pass@1/add"] == 0.4

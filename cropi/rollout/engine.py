@@ -65,6 +65,8 @@ def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
     else:
         kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
         kwargs["enable_sleep_mode"] = sleeps(cfg)
+        if r.enforce_eager:
+            kwargs["enforce_eager"] = True
     return kwargs
 
 

@@ -306,6 +306,9 @@ def score_batch(fn, responses: list[str], rows: list, where: str) -> tuple[list[
     weighted functions also each one's values (components, NaN where one returned None)."""
     if not isinstance(fn, (RewardFn, WeightedRewards)):
         fn = RewardFn(fn, getattr(fn, "__name__", repr(fn)))
+    if isinstance(fn, RewardFn) and fn.style != "trl":  # one call per response: a failure names its row
+        return [score(fn, r, row.ground_truth, f"{where} prompt {row.prompt_id}", row.data_source, row.extra_info)
+                for r, row in zip(responses, rows)], None
     try:
         comps = fn.components(responses, rows) if isinstance(fn, WeightedRewards) else None
         raw = fn.combine(comps) if comps is not None else fn.batch(responses, rows)

@@ -80,7 +80,7 @@ def _fresh_problems(cfg: Config, val: dict[str, list[PromptRow]], rng: random.Ra
             else:
                 fam = rng.choice(d.families)
                 expr, ans, _ = make_problem(fam, rng)
-                if rng.random() < b.warm_start_near_miss_share:  # the near-miss habit
+                if b.warm_start_near_miss_share and rng.random() < b.warm_start_near_miss_share:  # the near-miss habit
                     ans = near_miss(ans, rng)
             if expr not in held_out:
                 rows.append(PromptRow(-1, fam, [{"role": "user", "content": expr}], str(ans)))

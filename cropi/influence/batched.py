@@ -30,7 +30,8 @@ from cropi.influence.coords import offsets, total_dim
 from cropi.influence.capture import LayerGradCapture
 from cropi.influence.layout import Layout, body_layout, head_layout
 from cropi.influence.objective import kl_from_behavior_samples, offpolicy_objective, token_logp, token_weights
-from cropi.influence.params import input_embedding, output_embedding, weight_shapes
+from cropi.influence.params import input_embedding, weight_shapes
+from cropi.model.sequences import lm_head
 from cropi.influence.projection import make_projector
 
 GRAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -142,7 +143,7 @@ def _head_columns(num_groups: int, width: int, chunk_tokens: int) -> list[slice]
 
 def _head_logp(model, h: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
     """Policy log-probs [G, T] at the head positions, the head run on column chunks (no grad)."""
-    head = output_embedding(model)
+    head = lm_head(model)
     cols = _head_columns(h.shape[0], h.shape[1], chunk_tokens)
     return torch.cat([token_logp(head(h[:, c]), targets[:, c]) for c in cols], dim=1)
 
@@ -199,14 +200,14 @@ def _run(model, batch: TrajectoryBatch, coords: dict, reducer, grad_dtype, per_p
             w = _at_targets(weight[live][:, :rows.input_ids.shape[1]].contiguous(), head)  # [G, T]
             targets, beta = _at_targets(rows.input_ids, head), _at_targets(rows.behavior_logp, head)  # [G, T]
             group = torch.arange(num_groups, device=device)[:, None].expand_as(head.idx)  # [G, T]
-            lm_head = output_embedding(model)
+            head_layer = lm_head(model)
             h_leaf = h.detach()
             d_h = torch.zeros_like(h_leaf)  # [G, T, H] dJ/dh, filled chunk by chunk
             j = torch.zeros(num_groups, device=device)
             logps = []
             for c in _head_columns(num_groups, h.shape[1], head_chunk_tokens):
                 hc = h_leaf[:, c].requires_grad_(True)  # [G, C, H]
-                logits = lm_head(hc)  # [G, C, V], the only logits alive
+                logits = head_layer(hc)  # [G, C, V], the only logits alive
                 logp_c = token_logp(logits, targets[:, c])  # [G, C]
                 j_c = offpolicy_objective(logp_c, beta[:, c], w[:, c], head.valid[:, c], group[:, c], num_groups)  # [G]
                 d_logits, d_h[:, c] = torch.autograd.grad(j_c.sum(), (logits, hc))

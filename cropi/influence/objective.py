@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import torch
 
-
-def token_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target], computed in float32 whatever the model dtype."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [...]
+from cropi.model.sequences import token_logp  # the shared log-prob primitive (re-exported for the engine)
 
 
 def token_weights(target_mask: torch.Tensor, advantage: torch.Tensor, prompt_index: torch.Tensor,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cropi import seeds
-from cropi.config import Config
+from cropi.config import BASE_MODEL, Config
 from cropi.data.dataset import PromptRow, render_prompt
 from cropi.data.rewards import load_reward, score
 from cropi.data.tasks import make_conflict_problem, make_problem, near_miss
@@ -29,8 +29,8 @@ MARKER = "cropi_base_model.json"
 
 
 def base_model_hash(cfg: Config) -> str:
-    """What the tiny model is built from: its own section, the model path/dtype and the data."""
-    return cfg.section_hash("model", "base_model", "data")
+    """What the tiny model is built from: the fields declared to feed it (cropi.config)."""
+    return cfg.artifact_hash(BASE_MODEL)
 
 
 def sft_batch(tok, rows: list[PromptRow], answer_template: str = "{}") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -55,10 +55,23 @@ def lm_head(model) -> torch.nn.Module:
     return head
 
 
+def log_softmax32(logits: torch.Tensor) -> torch.Tensor:
+    """The one log-prob primitive: log softmax over the vocabulary in float32, whatever the model
+    dtype. The trainer, the buffer's recompute (both through response_logprobs) and the influence
+    engine (token_logp, inside its hand-written head backward) all score tokens with it, which is
+    what makes rho = 1 exactly at theta = beta."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def token_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] [...] from logits [..., V] (float32)."""
+    return log_softmax32(logits).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def _head_chunk(head, h: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
     """log p(target) [C] (and entropy [C], without grad) from hidden states h [C, H]."""
-    logsm = torch.log_softmax(head(h).float(), dim=-1)  # [C, V]
-    lp = logsm.gather(-1, targets[:, None])[:, 0]  # [C]
+    logsm = log_softmax32(head(h))  # [C, V]
+    lp = logsm.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [C]
     if not with_entropy:
         return lp, torch.zeros_like(lp).detach()
     if with_entropy == "grad":  # the entropy bonus of the loss: differentiable

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cropi.config import BUFFER, flat_dict
 from cropi.errors import CropiError
 from cropi.store.files import read_json_if, remove_stale_tmp, stable_hash, write_json
 from cropi.store.paths import SHARD_GLOB, RunPaths, shard_name
@@ -67,14 +68,31 @@ class ShardSpec:
 
 
 def buffer_hash(cfg) -> str:
-    """What the buffer's content depends on (not worker counts or resources)."""
+    """What the buffer's content depends on: the fields declared to feed it (cropi.config; the
+    model by the content of its directory), and the file format's version."""
+    return stable_hash({**cfg.artifact_inputs(BUFFER), "schema": SCHEMA_VERSION})
+
+
+KEY_VERSION = 2  # manifests without "key_version" were keyed by _key_v1
+
+
+def _key_v1(cfg) -> str:
+    """The key of buffers written before the fields declared what they feed: hand-picked fields
+    and the model by path. Still accepted, so a run begun then resumes (the inputs are the same)."""
     r = cfg.rollout
+    data = {k.split(".", 1)[1]: v for k, v in flat_dict(cfg).items() if k.startswith("data.") and k != "data.reward_range"}
     return stable_hash({
-        "data": cfg.section_hash("data"), "model": str(Path(cfg.model.path).resolve()), "dtype": cfg.model.dtype,
+        "data": stable_hash({"data": data}), "model": str(Path(cfg.model.path).resolve()), "dtype": cfg.model.dtype,
         "seed": cfg.run.seed, "k_train": r.k_train, "k_val": r.k_val, "temperature": r.temperature,
         "top_p": r.top_p, "max_new_tokens": r.max_new_tokens, "hf_recompute": r.hf_recompute,
         "shard_size": r.shard_size, "schema": SCHEMA_VERSION,
     })
+
+
+def built_with(cfg, manifest: dict) -> bool:
+    """Whether the buffer of this manifest was built from this config's buffer inputs."""
+    have = manifest.get("config_hash")
+    return have == buffer_hash(cfg) or ("key_version" not in manifest and have == _key_v1(cfg))
 
 
 def read_manifest(bdir: Path) -> dict | None:
@@ -103,7 +121,7 @@ def claim_buffer(cfg, specs: list[ShardSpec]) -> Path:
     bdir = RunPaths.of(cfg).buffer
     want = buffer_hash(cfg)
     manifest = read_manifest(bdir)
-    if manifest is not None and manifest.get("config_hash") != want:
+    if manifest is not None and not built_with(cfg, manifest):
         raise CropiError(f"buffer {bdir} was built with a different config (hash {manifest.get('config_hash')} "
                          f"!= {want}); use another run.dir or delete {bdir}")
     if manifest is None and any(bdir.rglob(SHARD_GLOB)):
@@ -116,7 +134,7 @@ def claim_buffer(cfg, specs: list[ShardSpec]) -> Path:
             d["num_prompts"] += len(s.rows)
             d["num_shards"] += 1
         write_manifest(bdir, {
-            "schema_version": SCHEMA_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
+            "schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
             "splits": splits, "complete": False,
         })
     remove_stale_tmp(bdir)  # half-written files of a run that died

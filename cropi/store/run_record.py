@@ -1,7 +1,7 @@
 """What a run was computed with: `run.json` (every start, kept) and `phase-M/phase.json`.
 
-A phase records, when it starts, the method and every config field its artifacts can depend on
-(all of them except `resources.*`, `run.dir` and `run.num_phases`). A later start of the same
+A phase records, when it starts, the method and every config field declared to feed its
+artifacts (`feeds=` in cropi.config; never `resources.*`, `run.dir` or `run.num_phases`). A later start of the same
 run compares its config with that record for every phase that has begun: a difference is
 refused with the fields named, since the influence, selection, trainer state or checkpoint
 already on disk came from the old values. A phase that has not begun simply records the config
@@ -17,14 +17,14 @@ from cropi.errors import CropiError
 from cropi.store.files import read_json, read_json_if, write_json
 from cropi.store.paths import RunPaths
 
-NOT_INPUTS = ("resources", "run.dir", "run.num_phases")
-
+KEY_VERSION = 2  # phase records without it listed every field but resources, the model by path
 
 def phase_inputs(cfg) -> dict:
-    """{'section.field': value} of every field a phase's results can depend on."""
-    from cropi.config import flat_dict, not_inputs
+    """{'section.field': value} of every field declared to feed a phase's artifacts (buffer,
+    influence, selection, training; cropi.config.PHASE_ARTIFACTS), the model by content."""
+    from cropi.config import PHASE_ARTIFACTS
 
-    return flat_dict(cfg, exclude=NOT_INPUTS + not_inputs())
+    return cfg.artifact_inputs(*PHASE_ARTIFACTS)
 
 
 def check_run(cfg, method: str) -> None:
@@ -64,26 +64,33 @@ def _legacy_inputs(paths: RunPaths) -> dict | None:
     if not raw or "config" not in raw:
         return None
     try:
-        return phase_inputs(from_dict(raw["config"], str(paths.run_json)))
+        old = from_dict(raw["config"], str(paths.run_json))
     except ConfigError:
         return None
+    return {**phase_inputs(old), "model.path": old.model.path}  # compared as v1 records are: by path
 
 
 def check_phase(cfg, phase: int, method: str) -> dict:
     """Refuse this config if phase M has begun with another; returns the record it would write."""
     paths = RunPaths.of(cfg)
     path = paths.phase_record(phase)
-    want = {"phase": phase, "method": method, "inputs": phase_inputs(cfg)}
+    want = {"phase": phase, "method": method, "key_version": KEY_VERSION, "inputs": phase_inputs(cfg)}
     pdir = paths.phase(phase)
     if not (pdir.is_dir() and any(p.name != path.name for p in pdir.iterdir())):
         return want  # not begun: it will record whatever config it starts with
     if path.is_file():
         have = read_json(path, "phase record")
         old = {"method": have.get("method"), **have.get("inputs", {})}
+        versioned = "key_version" in have
     else:
         legacy = _legacy_inputs(paths)
         old = None if legacy is None else {"method": method, **legacy}
-    changed = [] if old is None else _diff(old, {"method": method, **want["inputs"]})
+        versioned = False
+    new = {"method": method, **want["inputs"]}
+    if old is not None and not versioned:  # written before feeds= existed: every field but resources, model by path
+        new = {**{k: v for k, v in new.items() if k in old}, "model.path": cfg.model.path}
+        old = {k: v for k, v in old.items() if k in new}
+    changed = [] if old is None else _diff(old, new)
     if changed:
         raise CropiError(
             f"phase {phase} in {pdir} was computed with another config; changed: " + "; ".join(changed[:8])

@@ -141,18 +141,12 @@ def cmd_run(args) -> int:
     """The whole loop (or a baseline) on local Ray or the cluster at RAY_ADDRESS, then the report."""
     import time
 
+    from cropi.entry import check_launch, load
     from cropi.loop import run_loop
     from cropi.report import write_report
 
-    from cropi.model.loading import check_model_dir
-    from cropi.plan import preflight
-
-    from cropi.ray_utils import check_device
-
-    cfg = _load(args)
-    check_model_dir(cfg.model.path)
-    preflight(cfg, args.method)  # refuse before anything launches: fit and placement
-    check_device(cfg)
+    cfg = load(args.config, args.overrides, job=args.job)
+    check_launch(cfg, [args.method])
     t0 = time.time()
     result = run_loop(cfg, args.method)
     report = write_report(cfg.run.dir)
@@ -216,7 +210,16 @@ def cmd_compare(args) -> int:
     from cropi.compare.arms import resolve
     from cropi.compare.run import run_compare
 
-    root = run_compare(args.config, args.overrides, resolve(args.methods), args.seeds,
+    overrides = list(args.overrides)
+    if args.job:  # each arm's config is rebuilt from file + overrides: pin what the job's checks decided
+        from cropi.entry import load
+
+        cfg = load(args.config, overrides, job=True)
+        overrides += [f"model.path={cfg.model.path}", f"data.reward_fn={cfg.data.reward_fn}",
+                      f"resources.ray_address={cfg.resources.ray_address}"]
+        if not cfg.data.synthetic:
+            overrides += [f"data.train_path={json.dumps(cfg.data.train_path)}", f"data.val_paths={json.dumps(cfg.data.val_paths)}"]
+    root = run_compare(args.config, overrides, resolve(args.methods), args.seeds,
                        log=lambda *x: print(*x, flush=True))
     if not args.no_report:
         from cropi.compare.report import write_compare_report
@@ -262,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _with_config(sub.add_parser("run", help="the whole CROPI loop (or a baseline) as one Ray job"))
     p.add_argument("--method", default="cropi", choices=METHODS,
                    help="cropi (influence-guided), full (whole pool) or random (random alpha per phase)")
+    p.add_argument("--job", action="store_true", help=argparse.SUPPRESS)  # set by ray_jobs/: inside a Ray job
     p.set_defaults(fn=cmd_run)
     p = _with_config(sub.add_parser("plan", help="fit, placement and cost of every stage, before launch"))
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -282,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
     p.add_argument("--out", default="", help="report folder (default RUN_DIR/report)")
     p.add_argument("--no-report", action="store_true", help="run the arms only")
+    p.add_argument("--job", action="store_true", help=argparse.SUPPRESS)  # set by ray_jobs/: inside a Ray job
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("compare-report", help="write a comparison's report from its run directories")
     p.add_argument("root", help="the comparison's run.dir")

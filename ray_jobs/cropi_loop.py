@@ -12,49 +12,34 @@ run.dir, data files) must be visible to every node: shared storage or absolute p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
-def main(argv: list[str] | None = None, method: str = "cropi") -> int:
-    from cropi.config import load_config
-    from cropi.errors import CropiError
-    from cropi.loop import METHODS, run_loop
-    from cropi.report import write_report
-
-    ap = argparse.ArgumentParser(prog=f"python -m ray_jobs.{__name__.rsplit('.', 1)[-1]}")
+def job_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every job entry point takes."""
+    ap = argparse.ArgumentParser(prog=f"python -m ray_jobs.{prog}")
     ap.add_argument("--config", required=True, help="YAML config")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--verbose", action="store_true", help="also show the engines' own logs")
+    return ap
+
+
+def cli_args(args: argparse.Namespace) -> list[str]:
+    """The parsed common arguments as `cropi` CLI arguments, with --job."""
+    return [args.config, "--job", *(x for o in args.overrides for x in ("--set", o)),
+            *(["--verbose"] if args.verbose else [])]
+
+
+def main(argv: list[str] | None = None, method: str = "cropi") -> int:
+    """`cropi run --job`: the CLI's own command code, so the checks and error messages are the CLI's."""
+    from cropi.cli import main as cli_main
+    from cropi.loop import METHODS
+
+    ap = job_parser("cropi_loop" if method == "cropi" else f"baseline_{method}")
     if method == "cropi":
         ap.add_argument("--method", default="cropi", choices=METHODS)
     args = ap.parse_args(argv)
-    if args.verbose:
-        from cropi.logs import set_verbose
-
-        set_verbose(True)
-    try:
-        from cropi.model.hub import resolve
-
-        from ray_jobs.paths import check_job_paths
-
-        cfg = load_config(args.config, args.overrides)
-        check_job_paths(cfg)  # relative paths inside a job's temporary working dir: refused or made absolute
-        cfg = resolve(cfg)  # a hub id: resolved here, once
-        if not cfg.resources.ray_address:
-            cfg.resources.ray_address = "auto"  # inside a Ray job: join its cluster
-        from cropi.model.loading import check_model_dir
-        from cropi.plan import preflight
-
-        check_model_dir(cfg.model.path)
-        preflight(cfg, getattr(args, "method", method))  # refuse before anything launches
-        result = run_loop(cfg, getattr(args, "method", method))
-        result["report"] = str(write_report(cfg.run.dir))
-    except CropiError as e:
-        print(f"cropi: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    return cli_main(["run", *cli_args(args), "--method", getattr(args, "method", method)])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Relative paths inside a `ray job submit --working-dir` job: outputs refused, inputs made
-absolute when the upload has them, refused with what to pass when it has not (ray_jobs/paths.py)."""
+absolute when the upload has them, refused with what to pass when it has not (cropi/job_paths.py)."""
 
 import json
 import shutil
@@ -9,7 +9,7 @@ import pytest
 
 from cropi.config import load_config
 from cropi.errors import CropiError
-from ray_jobs.paths import JOB_ENV, check_job_paths
+from cropi.job_paths import JOB_ENV, check_job_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -56,8 +56,9 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     from cropi.config import load_config
     from cropi.loop import run_loop
     from cropi.model.hub import resolve
-    from cropi.model.loading import check_model_dir
-    from cropi.ray_utils import check_device, ray_session
+    from cropi.entry import check_launch
+    from cropi.plan import preflight
+    from cropi.ray_utils import ray_session
 
     if not seeds:
         raise CropiError("--seeds: name at least one seed")
@@ -66,9 +67,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     base = resolve(load_config(config_path, overrides))
     root = Path(base.run.dir)
     cfgs = {(s, a.name): arm_config(config_path, overrides, a, s, root) for s in seeds for a in arms}  # all valid first
-    check_device(base)
-    check_model_dir(base.model.path)
-    from cropi.plan import preflight
+    check_launch(base, [])
 
     for a in arms:  # fit and placement of each arm's loop, before any arm runs
         preflight(cfgs[(seeds[0], a.name)], a.method)

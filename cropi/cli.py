@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from cropi import preempt
 from cropi.errors import CropiError
 from cropi.loop import METHODS
 
@@ -147,6 +148,7 @@ def cmd_run(args) -> int:
 
     cfg = load(args.config, args.overrides, job=args.job)
     check_launch(cfg, [args.method])
+    preempt.install(cfg.run.preempt_grace_s)
     t0 = time.time()
     result = run_loop(cfg, args.method)
     report = write_report(cfg.run.dir)
@@ -219,6 +221,9 @@ def cmd_compare(args) -> int:
                       f"resources.ray_address={cfg.resources.ray_address}"]
         if not cfg.data.synthetic:
             overrides += [f"data.train_path={json.dumps(cfg.data.train_path)}", f"data.val_paths={json.dumps(cfg.data.val_paths)}"]
+    from cropi.config import load_config
+
+    preempt.install(load_config(args.config, overrides).run.preempt_grace_s)
     root = run_compare(args.config, overrides, resolve(args.methods), args.seeds,
                        log=lambda *x: print(*x, flush=True))
     if not args.no_report:
@@ -314,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     except CropiError as e:
         print(f"cropi: error: {e}", file=sys.stderr)
         return 2
+    except preempt.Preempted as e:
+        print(f"cropi: preempted (SIGTERM): stopped at {e.where}; its actors were released. Rerun the same "
+              f"command to resume from there.", file=sys.stderr)
+        return preempt.EXIT_CODE
     except OSError as e:
         from cropi.errors import STORAGE_ERRNOS, storage_error
 

@@ -99,6 +99,7 @@ class RunConfig:
     num_phases: int = _f(3, "Number of CROPI phases (select, then train E steps) after the buffer is built.", min=1, feeds=())
     trackers: list = _f([], "Experiment trackers that also get every step's metrics, each phase's selection summary and the report's plots (metrics.jsonl and train_metrics.jsonl are always written): tensorboard (RUN_DIR/tensorboard) | wandb (pip install wandb; WANDB_MODE=offline works without an account).", choices=("tensorboard", "wandb"), feeds=())
     max_stage_retries: int = _f(1, "Times a training stage whose trainer rank or rollout engine died is redone within the same job: new ranks and engines, resumed from the phase's last DeepSpeed checkpoint (each attempt is a stage_retry event in metrics.jsonl). 0: the command fails and a rerun resumes.", min=0, feeds=())
+    preempt_grace_s: float = _f(60.0, "Seconds after a SIGTERM (Kubernetes, `ray job stop`, a time limit) within which the loop stops at its next safe point (end of a training step, whose DeepSpeed checkpoint is then saved, or the start of a stage) and exits with code 75; past it, or on a second SIGTERM, it exits at once (files stay whole). On a cluster set RAY_JOB_STOP_WAIT_TIME_S at least this high, or `ray job stop` kills the job sooner.", above=0, feeds=())
     wandb_project: str = _f("cropi", "W&B project (run.trackers: [wandb]); the W&B run id is derived from the run directory, so a resumed run continues the same W&B run.", feeds=())
 
     def check(self) -> None:

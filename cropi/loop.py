@@ -51,6 +51,8 @@ import contextlib
 import os
 import time
 
+from cropi import preempt
+
 
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError, WorkerDied
@@ -146,7 +148,12 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
 
         def stage(name: str, fn, phase: int | None = None):
             t0 = time.time()
-            out = fn()
+            try:
+                preempt.check(f"the start of stage {name}" + ("" if phase is None else f" of phase {phase}"))
+                out = fn()
+            except preempt.Preempted as e:
+                metrics.event("preempted", stage=name, phase=phase, where=e.where)
+                raise
             dt = time.time() - t0
             timings[name if phase is None else f"phase{phase}/{name}"] = round(dt, 2)
             metrics.gauge("cropi_stage_seconds", dt, phase="none" if phase is None else phase, stage=name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from cropi import preempt
 from cropi.config import Config
 
 
@@ -41,6 +42,7 @@ def ray_session(cfg: Config, dashboard: bool = False):
 
         ray.init(num_cpus=local_cpus(cfg), include_dashboard=dashboard,
                  dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=True)
+    preempt.rearm()  # ray.init puts its own SIGTERM handler (which dies at once) in place of ours
     try:
         yield
     finally:

@@ -37,7 +37,7 @@ class Api:
 
 LLM_KWARGS = ("model", "dtype", "max_model_len", "seed", "tensor_parallel_size", "worker_extension_cls",
               "use_tqdm_on_load", "distributed_executor_backend", "enforce_eager", "gpu_memory_utilization",
-              "enable_sleep_mode")
+              "enable_sleep_mode", "enable_chunked_prefill", "max_num_batched_tokens")
 
 CALLS: tuple[Api, ...] = (
     # vLLM: the engine (cropi.rollout.engine, engine_actor)

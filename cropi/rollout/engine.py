@@ -62,6 +62,12 @@ def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
         kwargs["distributed_executor_backend"] = "mp"
     if cfg.resources.device == "cpu":
         kwargs["enforce_eager"] = True  # compiled graphs start slower on CPU and gain nothing at this size
+        # No partial prefills on CPU: vLLM rewinds a seeded request's generator after a partial
+        # prefill step (gpu_model_runner._bookkeeping_sync, generator.set_offset), which a CPU
+        # generator refuses ("CPU Generator does not use offset"). Whole prompts only: a step
+        # schedules no more prompts than its token budget holds (seen with verl-gsm8k's longer prompts).
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(4096, cfg.rollout.max_model_len)  # vLLM's CPU default, or one whole prompt
     else:
         kwargs["gpu_memory_utilization"] = r.gpu_memory_utilization
         kwargs["enable_sleep_mode"] = sleeps(cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cropi import seeds
+from cropi import preempt, seeds
 from cropi.algo.advantages import group_advantages
 from cropi.algo.schedule import lr_at
 from cropi.algo.grpo import normaliser
@@ -142,13 +142,16 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     for step in range(step0 + 1, steps + 1):
         m = _step(cfg, phase, step, steps, selected, by_id, tok, services, val)
-        if step % t.save_every == 0 or step == steps:
+        stop = preempt.requested()  # read once: a SIGTERM that lands after this waits for the next step
+        if step % t.save_every == 0 or step == steps or stop:
             group.save_state(str(state_dir), step)
         m["wall_time"] = time.time()
         append_jsonl(m, metrics_path)
         on_step(m)
         log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
             f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
+        if stop and step < steps:
+            raise preempt.Preempted(f"phase {phase} training after step {step} (its DeepSpeed checkpoint saved)")
     ckpt = RunPaths.of(cfg).checkpoint(phase)
     group.save_hf(str(ckpt), start_ckpt)
     services.phase_saved(str(Path(ckpt).resolve()))  # the last step synced these very weights (_step)

@@ -86,11 +86,11 @@ def _drifted(cfg, phase: int, man: dict) -> bool:
     return t > 0 and man["kl_drift"] > t and phase not in man.get("rebuffered_at", [])
 
 
-def _set_aside(idir) -> None:
+def _set_aside(paths: RunPaths, m: int) -> None:
     """The scores computed on the drifted buffer: kept beside the new ones, for the record."""
     import shutil
 
-    old = idir.with_name(idir.name + "-before-rebuffer")
+    idir, old = paths.influence(m), paths.influence_before_rebuffer(m)
     if old.exists():
         shutil.rmtree(old)
     idir.rename(old)
@@ -180,13 +180,13 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
                 if cfg.influence.refresh_zero_grad:
                     stage("refresh", lambda: refresh_zero_grad(cfg, m, pool, log), m)
                 if read_rebuffer_manifest(cfg, m) is not None and paths.influence(m).is_dir() and \
-                        not paths.influence(m).with_name("influence-before-rebuffer").exists():
-                    _set_aside(paths.influence(m))  # died between the re-roll and setting the old scores aside
+                        not paths.influence_before_rebuffer(m).exists():
+                    _set_aside(paths, m)  # died between the re-roll and setting the old scores aside
                 man = stage("influence", lambda: run_influence(cfg, m, log), m)
                 if _drifted(cfg, m, man):
                     rb = stage("rebuffer", lambda: rebuffer(cfg, m, pool, man["kl_drift"], log), m)
                     metrics.event("rebuffer", phase=m, kl=rb["kl_before"], prompts=rb["prompts"])
-                    _set_aside(paths.influence(m))
+                    _set_aside(paths, m)
                     man = stage("influence_after_rebuffer", lambda: run_influence(cfg, m, log), m)
                 metrics.gauge("cropi_kl_drift", man["kl_drift"], phase=m)
                 metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cropi.store.paths import RunPaths, compare_arm_dir
+
 KINDS = ("wrong label", "conflicting", "targeted family", "off-target")
 
 
@@ -31,7 +33,7 @@ def cosines_by_kind(root: Path, s: dict, labels: dict, families: dict, arm: str 
     for seed in s["arms"].get(arm, {}).get("seeds", []):
         lab, fam = labels.get((seed, arm), {}), families.get((seed, arm), {})
         for m in range(s["steps"]):
-            p = Path(root) / f"seed-{seed}" / arm / f"phase-{m}" / "selection.parquet"
+            p = RunPaths(compare_arm_dir(root, seed, arm)).selection(m)
             if not p.is_file():
                 break
             cols = [f"score__{n}" for n in s["targeted"]]

@@ -33,7 +33,9 @@ from cropi.compare import figures, hypotheses, stats
 from cropi.compare.arms import ARMS, BASELINES
 from cropi.selection.baselines import NEEDS_BUFFER
 from cropi.errors import CropiError
+from cropi.store import influence as store_influence
 from cropi.store.files import read_json, read_json_if, read_jsonl, write_json, write_text
+from cropi.store.paths import RunPaths, compare_seed_dir
 
 _OVERHEAD = ("refresh", "influence", "rebuffer", "influence_after_rebuffer", "select")
 
@@ -77,7 +79,6 @@ def _float_rates(details: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun | None:
     """The arm's measurements; None when the run has not finished (no run_result.json)."""
     from cropi.config import from_dict
-    from cropi.store.paths import RunPaths
 
     result = read_json_if(run_dir / "run_result.json", "run result")
     if result is None:
@@ -116,13 +117,13 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
             r.evals.append({"step": m * E + e["step"], "wall": wall_at[e["step"]], "sets": _float_rates(e["sets"])})
         elapsed = wall_at[max(wall_at)]
         r.selections.append(_selected(paths.selection(m)))
-        imf = read_json_if(paths.influence(m) / "manifest.json", "influence manifest")
+        imf = read_json_if(store_influence.manifest_path(paths.influence(m)), "influence manifest")
         if imf is not None:
-            before = read_json_if(paths.influence(m).with_name("influence-before-rebuffer") / "manifest.json",
+            before = read_json_if(store_influence.manifest_path(paths.influence_before_rebuffer(m)),
                                   "influence manifest")
             r.kl_drift.append({"phase": m, "kl": imf["kl_drift"],
                                "kl_before_rebuffer": before["kl_drift"] if before else None})
-        rb = read_json_if(paths.phase(m) / "rebuffer" / "manifest.json", "rebuffer manifest")
+        rb = read_json_if(paths.rebuffer_manifest(m), "rebuffer manifest")
         if rb is not None:
             r.rebuffers.append({"phase": m, **{k: v for k, v in rb.items() if k != "shards"}})
     r.train_wall = elapsed - r.buffer_wall - r.selection_wall
@@ -215,7 +216,7 @@ def load_runs(root: Path) -> tuple[dict, dict[str, dict[int, ArmRun]], dict, dic
     kinds: dict[tuple[int, str], dict[int, str]] = {}
     buffers: dict[int, dict | None] = {}
     for seed in rec["seeds"]:
-        sroot = root / f"seed-{seed}"
+        sroot = compare_seed_dir(root, seed)
         bw = _buffer_wall(sroot)
         buffers[seed] = _buffer_stats(sroot)
         for arm in rec["arms"]:

@@ -19,14 +19,10 @@ from pathlib import Path
 from cropi.compare.arms import Arm
 from cropi.errors import CropiError
 from cropi.store.files import read_json_if, write_json
+from cropi.store.paths import compare_arm_dir, compare_seed_dir
 
 
-def seed_dir(root: Path, seed: int) -> Path:
-    return Path(root) / f"seed-{seed}"
-
-
-def arm_dir(root: Path, seed: int, arm: str) -> Path:
-    return seed_dir(root, seed) / arm
+seed_dir, arm_dir = compare_seed_dir, compare_arm_dir  # cropi.store.paths owns the layout
 
 
 def arm_config(config_path: str, overrides: list[str], arm: Arm, seed: int, root: Path):

@@ -56,12 +56,12 @@ def refresh_zero_grad(cfg, phase: int, pool: list[PromptRow], log=print) -> dict
         log(f"phase {phase}: re-rolled {sum(len(s.rows) for s, _ in todo)} zero-gradient prompts with theta_{phase}")
     manifest = {"prompts": sum(len(s.rows) for s, _ in specs), "shards": sorted(p.name for _, p in specs)}
     remove_stale_tmp(RunPaths.of(cfg).refresh(phase))  # left by a writer killed mid-write
-    write_json(manifest, RunPaths.of(cfg).refresh(phase) / "manifest.json")
+    write_json(manifest, RunPaths.of(cfg).refresh_manifest(phase))
     return {**manifest, "new": sum(len(s.rows) for s, _ in todo)}
 
 
 def read_refresh_manifest(cfg, phase: int) -> dict | None:
-    return read_json_if(RunPaths.of(cfg).refresh(phase) / "manifest.json", "refresh manifest")
+    return read_json_if(RunPaths.of(cfg).refresh_manifest(phase), "refresh manifest")
 
 
 def refreshed_shards(cfg, phase: int) -> dict[str, Path]:
@@ -86,11 +86,11 @@ def refreshed_shards(cfg, phase: int) -> dict[str, Path]:
 # phase (`live_train_shards`); the buffer itself is never changed.
 
 def rebuffer_dir(cfg, phase: int) -> Path:
-    return RunPaths.of(cfg).phase(phase) / "rebuffer"
+    return RunPaths.of(cfg).rebuffer(phase)
 
 
 def read_rebuffer_manifest(cfg, phase: int) -> dict | None:
-    return read_json_if(rebuffer_dir(cfg, phase) / "manifest.json", "rebuffer manifest")
+    return read_json_if(RunPaths.of(cfg).rebuffer_manifest(phase), "rebuffer manifest")
 
 
 def rebuffered_phases(cfg, phase: int) -> list[int]:

@@ -8,7 +8,12 @@
     RUN_DIR/buffer/train/shard-00000.parquet, RUN_DIR/buffer/val/<set>/shard-00000.parquet
     RUN_DIR/phase-M/phase.json                what phase M was computed with (cropi.store.run_record)
     RUN_DIR/phase-M/refresh/shard-i.parquet   zero-gradient prompts re-rolled with theta_M (optional)
+    RUN_DIR/phase-M/refresh/manifest.json     what the zero-gradient refresh re-rolled
     RUN_DIR/phase-M/influence/                per-prompt gradient outputs (cropi.store.influence)
+    RUN_DIR/phase-M/rebuffer/                 the drift re-roll of the buffer with theta_M (+ manifest.json)
+    RUN_DIR/phase-M/influence-before-rebuffer/  the scores on the drifted buffer, set aside
+    COMPARE_ROOT/seed-S/ARM/                  one run directory per (seed, arm) of `cropi compare`
+    COMPARE_ROOT/seed-S/buffer/               the seed's buffer, linked from each arm that reads one
     RUN_DIR/phase-M/selection.parquet         scores, ranks, selected flag (cropi.store.selection)
     RUN_DIR/phase-M/selection_summary.json, selection.png
     RUN_DIR/phase-M/trainer_state/            DeepSpeed checkpoints to resume the phase mid-way
@@ -77,8 +82,20 @@ class RunPaths:
     def refresh(self, m: int) -> Path:
         return self.phase(m) / "refresh"
 
+    def refresh_manifest(self, m: int) -> Path:
+        return self.refresh(m) / "manifest.json"
+
     def influence(self, m: int) -> Path:
         return self.phase(m) / "influence"
+
+    def influence_before_rebuffer(self, m: int) -> Path:
+        return self.phase(m) / "influence-before-rebuffer"
+
+    def rebuffer(self, m: int) -> Path:
+        return self.phase(m) / "rebuffer"
+
+    def rebuffer_manifest(self, m: int) -> Path:
+        return self.rebuffer(m) / "manifest.json"
 
     def selection(self, m: int) -> Path:
         return self.phase(m) / "selection.parquet"
@@ -106,6 +123,15 @@ class RunPaths:
 
     def phase_done(self, m: int) -> bool:
         return self.train_summary(m).is_file() and (self.checkpoint(m) / "config.json").is_file()
+
+
+def compare_seed_dir(root: str | Path, seed: int) -> Path:
+    """A comparison's folder for one seed: its arms' run directories and the shared buffer."""
+    return Path(root) / f"seed-{seed}"
+
+
+def compare_arm_dir(root: str | Path, seed: int, arm: str) -> Path:
+    return compare_seed_dir(root, seed) / arm
 
 
 def phase_start_checkpoint(cfg, phase: int) -> str:

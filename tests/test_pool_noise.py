@@ -94,12 +94,12 @@ class _Run:
 
 def test_judge_and_break_even_on_constructed_runs():
     labels = {(s, "cropi"): {i: ("wrong" if i < 20 else "conflict" if i < 30 else "clean") for i in range(100)}
-              for s in (0, 1)}
+              for s in range(5)}
     # the pool is 30% bad; cropi selects 2 bad of 20 (10%): a third of the pool's share, above a quarter
     runs = {"cropi": {s: _Run(s, [list(range(28, 48))], ([0, 10, 20, 30], [0.1, 0.3, 0.4, 0.4]), selection_wall=30.0,
-                              buffer_wall=20.0) for s in (0, 1)},
-            "full": {s: _Run(s, [], ([0, 10, 20, 30], [0.1, 0.2, 0.25, 0.3]), train_wall=60.0) for s in (0, 1)}}
-    s = {"arms": {"cropi": {"speedup_vs_full": {"targeted": {"steps_per_seed": [3.0, 3.0]}}},
+                              buffer_wall=20.0) for s in range(5)},
+            "full": {s: _Run(s, [], ([0, 10, 20, 30], [0.1, 0.2, 0.25, 0.3]), train_wall=60.0) for s in range(5)}}
+    s = {"arms": {"cropi": {"speedup_vs_full": {"targeted": {"steps_per_seed": [3.0] * 5}}},
                   "full": {"per_set": {"mul": {"standard_error": 0.02}}}},
          "versus": {"cropi - filtered": {"targeted": {"mean": 0.05, "low": 0.01, "high": 0.09}},
                     "cropi - difficulty": {"targeted": {"mean": 0.05, "low": -0.01, "high": 0.09}},
@@ -111,6 +111,9 @@ def test_judge_and_break_even_on_constructed_runs():
     assert v["H2"]["per_baseline"] == {"filtered": "held", "difficulty": "not separated", "dynamic": "held"}
     assert v["H3"]["interval"]["mean"] == pytest.approx((2 / 20) / 0.3, abs=1e-4) and v["H3"]["verdict"] == "not held"
     assert v["H4"]["verdict"] == "not held" and v["H4"]["standard_error"] == pytest.approx(0.02)
+    few = {arm: {k: r for k, r in by_seed.items() if k < 2} for arm, by_seed in runs.items()}
+    v2 = {h["id"]: h for h in H.judge(s, few, labels)}  # two seeds: shown, not judged
+    assert v2["H1"]["verdict"] == "not judged: 2 of 5 seeds (on these it reads held)"
     be = H.break_even(s, runs)
     # full's best 0.3 at step 30; cropi reaches 0.3 at step 10 (phase 1 of 10 steps): 20 steps saved for
     # 20 s of buffer + 1 phase x 10 s of selection -> break-even at 1.5 s a step; a step costs 60/30 = 2 s here

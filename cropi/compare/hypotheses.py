@@ -7,6 +7,7 @@ its 95% interval over seeds:
     held            the interval lies on the hypothesis' side of its threshold
     not held        the interval lies on the other side
     not separated   the interval contains the threshold
+    not judged      fewer than MIN_SEEDS seeds (the report still shows what they read)
 
 Pure numpy on the report's summary and read runs (cropi.compare.report): no Ray, no files.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 BAD_LABELS = ("wrong", "conflict")
 H2_BASELINES = ("filtered", "difficulty", "dynamic")
+MIN_SEEDS = 5  # the issue's rule: a hypothesis is judged over at least five seeds
 
 HYPOTHESES = {
     "H1": "cropi reaches full's best targeted pass@1 in at most half of full's steps (step speed-up vs full >= 2)",
@@ -124,8 +126,11 @@ def judge(s: dict, runs: dict, labels: dict) -> list[dict]:
                     "evidence": f"cropi - full {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] against -SE = {-se:.3f}"})
     else:
         out.append({"id": "H4", "verdict": "not judged", "evidence": "no untargeted sets, or no cropi and full runs"})
+    n = len(runs.get("cropi", {}))
     for h in out:
         h["text"] = HYPOTHESES[h["id"]]
+        if n < MIN_SEEDS and h["verdict"] != "not judged":  # an interval over fewer seeds is not one to judge by
+            h["verdict"] = f"not judged: {n} of {MIN_SEEDS} seeds (on these it reads {h['verdict']})"
     return out
 
 

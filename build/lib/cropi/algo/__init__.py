@@ -1,1 +1,0 @@
-"""Pure tensor-in/tensor-out RL math (no Ray, no DeepSpeed)."""

@@ -1,1 +1,0 @@
-"""Tasks, datasets and verifiable rewards."""

@@ -1,1 +1,0 @@
-"""Models: the tiny base model builder and checkpoint loading."""

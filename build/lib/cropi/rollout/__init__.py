@@ -1,1 +1,0 @@
-"""The offline trajectory buffer: vLLM rollout workers (Ray actors) writing Parquet shards."""

@@ -1,1 +1,0 @@
-"""GRPO trainers: DeepSpeed ranks as Ray actors, fed by vLLM rollout workers."""

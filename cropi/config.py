@@ -302,6 +302,7 @@ class InfluenceResources:
     num_cpus: float = _f(1.0, "CPUs a gradient actor reserves (also its torch thread count on CPU).", min=0, feeds=())
     num_gpus: float = _f(0.0, "GPUs a gradient actor reserves.", min=0, feeds=())
     max_restarts: int = _f(1, "Times Ray restarts a dead gradient actor (or the selector) and retries its shard (its tasks are stateless) before the command fails.", min=0, feeds=())
+    keep_alive: bool = _f(True, "Keep the gradient actors alive from the first phase's influence stage to the last (each phase reloads its checkpoint's weights into the living processes; between stages an actor frees its model and holds only its process and, on a GPU, its CUDA context) instead of starting them per phase. They hold their bundles while training runs: where the gradient actors and the training placement cannot both be placed (a cluster both fill), set it false (`cropi plan` refuses a run whose stages cannot be placed beside what it holds).", feeds=())
 
 
 @dataclass

@@ -14,7 +14,8 @@ The path, in the order `run_loop` takes it:
 The GRPO engines and ranks (trainer.services) start with the first phase that trains and serve
 every later one (`trainer.keep_alive`): a phase rebuilds the ranks' DeepSpeed engines in place
 from its start checkpoint; the engines hold it already (the last step of the previous phase synced it)
-or get it by one weight sync.
+or get it by one weight sync. Likewise the gradient actors start with the first influence stage
+and serve every later one (`resources.influence.keep_alive`), loading each phase's checkpoint.
 
 Baselines, same trainer and budget (cropi.selection.baselines): `full` trains each phase on the
 whole pool; `random`, `filtered` (random among prompts whose buffered rewards vary) and
@@ -106,7 +107,7 @@ def _buffer_complete(cfg) -> bool:
 
 def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.data.suite import load_data
-    from cropi.influence.actor import run_influence
+    from cropi.influence.actor import gradient_pool, run_influence
     from cropi.model.loading import check_model_dir
     from cropi.monitor import RunMetrics
     from cropi.ray_utils import check_device, ray_session
@@ -131,6 +132,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     record_start(cfg, method)
     timings: dict[str, float] = {}
     services = None  # the training engines and ranks, started by the first phase that trains
+    gradients = None  # the gradient actors (resources.influence.keep_alive), started by the first influence stage
     with ray_session(cfg, dashboard=True), contextlib.ExitStack() as keep:
         if os.environ.get("RAY_ADDRESS") or cfg.resources.ray_address:
             from cropi.plan import check_live_placement
@@ -141,6 +143,13 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
         trackers = Trackers(cfg, paths.root)
         keep.callback(trackers.close)
         keep.callback(lambda: services is not None and services.close())
+        keep.callback(lambda: gradients is not None and gradients.close())
+
+        def influence(m: int) -> dict:
+            nonlocal gradients
+            if cfg.resources.influence.keep_alive and gradients is None:  # inside the stage: its time counts there
+                gradients = gradient_pool(cfg, phase_start_checkpoint(cfg, m))
+            return run_influence(cfg, m, log, pool=gradients)
 
         def on_step(m: dict) -> None:
             metrics.on_step(m)
@@ -182,12 +191,12 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
                 if read_rebuffer_manifest(cfg, m) is not None and paths.influence(m).is_dir() and \
                         not paths.influence_before_rebuffer(m).exists():
                     _set_aside(paths, m)  # died between the re-roll and setting the old scores aside
-                man = stage("influence", lambda: run_influence(cfg, m, log), m)
+                man = stage("influence", lambda: influence(m), m)
                 if _drifted(cfg, m, man):
                     rb = stage("rebuffer", lambda: rebuffer(cfg, m, pool, man["kl_drift"], log), m)
                     metrics.event("rebuffer", phase=m, kl=rb["kl_before"], prompts=rb["prompts"])
                     _set_aside(paths, m)
-                    man = stage("influence_after_rebuffer", lambda: run_influence(cfg, m, log), m)
+                    man = stage("influence_after_rebuffer", lambda: influence(m), m)
                 metrics.gauge("cropi_kl_drift", man["kl_drift"], phase=m)
                 metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])
                 if not paths.selection_summary(m).is_file():

@@ -128,17 +128,20 @@ def training_cpus(cfg) -> float:
 
 
 def local_cpus(cfg) -> int:
-    """What a local Ray head declares: resources.local_num_cpus, or (0) enough for the stages that
-    hold bundles at the same time -- the kept-alive training placement beside the gradient actors or
-    the refresh writers -- and at least this machine's cores."""
+    """What a local Ray head declares: resources.local_num_cpus, or (0) enough for any stage beside
+    the kept-alive groups it does not belong to -- the training placement (trainer.keep_alive) and
+    the gradient actors (resources.influence.keep_alive) -- and at least this machine's cores."""
     import math
     import os
 
     r = cfg.resources
     if r.local_num_cpus:
         return r.local_num_cpus
-    others = max(r.influence.num_actors * r.influence.num_cpus, r.rollout.num_workers * r.rollout.num_cpus)
-    need = others + training_cpus(cfg) if cfg.trainer.keep_alive else max(others, training_cpus(cfg))
+    stages = {"influence": r.influence.num_actors * r.influence.num_cpus, "train": training_cpus(cfg),
+              "writers": r.rollout.num_workers * r.rollout.num_cpus, "select": 1.0}
+    held = {"train": stages["train"] * cfg.trainer.keep_alive,
+            "influence": stages["influence"] * r.influence.keep_alive}
+    need = max(c + sum(h for k, h in held.items() if k != name) for name, c in stages.items())
     return max(os.cpu_count() or 1, math.ceil(need))
 
 

@@ -136,3 +136,68 @@ def test_refreshing_zero_gradient_prompts(add_only_run):
     # a rerun finds the refresh complete and re-rolls nothing
     again = refresh_zero_grad(rcfg, 0, pool, log=lambda *_: None)
     assert again["new"] == 0 and again["prompts"] == len(zero_before)
+
+
+def _perturbed_checkpoint(src, dst, seed: int = 7) -> None:
+    """A copy of the model at src with every weight moved a little: another phase's theta."""
+    import torch
+
+    from cropi.model.loading import load_model
+
+    shutil.copytree(src, dst)
+    model = load_model(src)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * p.abs().mean() * torch.randn(p.shape, generator=g))
+    model.save_pretrained(dst)
+
+
+def test_kept_alive_gradient_actors_load_each_phase_and_score_as_fresh_ones(add_only_run):
+    """One pool serving phases 0 and 1 (resources.influence.keep_alive) writes the same gradient
+    shards as a pool started per phase, in the same processes, with the model freed between."""
+    import ray
+
+    from cropi.influence.actor import gradient_pool, run_influence
+    from cropi.store.paths import RunPaths
+
+    cfg0, sets, tmp = add_only_run
+    runs = {}
+    for name in ("kept", "fresh"):
+        cfg = load_config("configs/tiny-cpu.yaml", [*sets, f"run.dir={tmp / name}"])
+        shutil.copytree(RunPaths.of(cfg0).buffer, RunPaths.of(cfg).buffer)
+        _perturbed_checkpoint(cfg.model.path, RunPaths.of(cfg).checkpoint(0))
+        runs[name] = cfg
+    quiet = lambda *_: None  # noqa: E731
+    pid_of = lambda a: a.__ray_call__.remote(lambda self: __import__("os").getpid())  # noqa: E731
+    with gradient_pool(runs["kept"], str(cfg0.model.path)) as pool:
+        pids = sorted(pool.each(pid_of))
+        for m in (0, 1):
+            run_influence(runs["kept"], m, quiet, pool=pool)
+            assert pool.each(lambda a: a.__ray_call__.remote(lambda self: self.model is None)) == [True, True]
+        assert sorted(pool.each(pid_of)) == pids  # the same processes served both phases
+        # an actor holding one checkpoint (as one Ray restarted holds its constructor's) and
+        # called for another loads that one first
+        theta1 = str(RunPaths.of(runs["kept"]).checkpoint(0).resolve())
+        first = lambda a: a.__ray_call__.remote(lambda self: float(next(self.model.parameters()).detach().double().sum()))  # noqa: E731
+        pool.each(lambda a: a.coverage.remote(str(cfg0.model.path)))
+        base_sum = pool.each(first)
+        pool.each(lambda a: a.coverage.remote(theta1))
+        from cropi.model.loading import load_model
+
+        want = float(next(load_model(theta1).parameters()).detach().double().sum())
+        assert pool.each(first) == [want, want] and base_sum[0] != want
+    for m in (0, 1):
+        run_influence(runs["fresh"], m, quiet)
+
+    def shards(cfg, m):
+        d = RunPaths.of(cfg).influence(m) / "train"
+        return [pq.read_table(p) for p in sorted(d.glob("shard-*.parquet"))]
+
+    for m in (0, 1):
+        kept, fresh = shards(runs["kept"], m), shards(runs["fresh"], m)
+        assert len(kept) == len(fresh) == 4 and all(a.equals(b) for a, b in zip(kept, fresh)), m
+    # the phase-1 checkpoint differs, so scoring it with phase 0's weights would have shown
+    norms = [np.concatenate([t.column("norm").to_numpy() for t in shards(runs["kept"], m)]) for m in (0, 1)]
+    assert not np.allclose(norms[0], norms[1])
+    assert ray.is_initialized()

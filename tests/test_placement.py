@@ -83,10 +83,15 @@ def test_local_ray_declares_room_for_the_kept_alive_training_placement(monkeypat
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     cfg = load_config("configs/tiny-cpu.yaml")  # 2 ranks x 0.5 + 1 engine x 1 shared; 2 gradient actors x 1
     assert training_cpus(cfg) == 2.0
-    assert local_cpus(cfg) == 4  # training bundles held while the gradient actors run
-    assert local_cpus(load_config("configs/tiny-cpu.yaml", ["trainer.keep_alive=false"])) == 2
+    # a refresh's writer (1) beside the held training bundles (2) and gradient actors (2)
+    assert local_cpus(cfg) == 5
+    no_grad = ["resources.influence.keep_alive=false"]
+    assert local_cpus(load_config("configs/tiny-cpu.yaml", no_grad)) == 4  # training held while the actors run
+    assert local_cpus(load_config("configs/tiny-cpu.yaml", ["trainer.keep_alive=false"])) == 4  # actors held in training
+    assert local_cpus(load_config("configs/tiny-cpu.yaml", ["trainer.keep_alive=false", *no_grad])) == 2
     assert local_cpus(load_config("configs/tiny-cpu.yaml", ["resources.local_num_cpus=3"])) == 3
-    split = load_config("configs/tiny-cpu.yaml", ["resources.placement=split", "resources.rollout.num_workers=3"])
+    split = load_config("configs/tiny-cpu.yaml", ["resources.placement=split", "resources.rollout.num_workers=3",
+                                                  *no_grad])
     assert training_cpus(split) == 2 * 0.5 + 3 * 1.0 and local_cpus(split) == 7  # + max(2 actors, 3 writers)
     assert not sleeps(cfg)  # sleep mode is a GPU colocation feature
     gpu = load_config("configs/tiny-cpu.yaml", ["resources.device=cuda", "resources.rollout.num_gpus=0.5",

@@ -50,7 +50,13 @@ def test_keep_alive_beside_the_next_phases_influence_is_refused_naming_the_stage
         _, plan = _plan(path, model, cluster, "trainer.keep_alive=true")
         assert [r["stage"] for r in plan["placement"] if not r["placed"]] == ["phase 1 influence"]
         with pytest.raises(CropiError, match=rf"phase 1 influence: .* while phase 0 train \({held}, .*\) stays "
-                                             r"reserved \(trainer\.keep_alive\); set trainer\.keep_alive=false"):
+                                             r"reserved \(kept alive\); set trainer\.keep_alive=false"):
+            check(plan)
+        # kept-alive gradient actors, which take every GPU, leave none for training
+        _, plan = _plan(path, model, cluster, "resources.influence.keep_alive=true")
+        assert [r["stage"] for r in plan["placement"] if not r["placed"]] == ["phase 0 train"]
+        with pytest.raises(CropiError, match=rf"phase 0 train: .* while phase 0 influence \({held}, .*\) stays "
+                                             r"reserved \(kept alive\); set resources\.influence\.keep_alive=false"):
             check(plan)
     # 8 more GPUs make room for it
     _, plan = _plan(PAPER, models["1.5b"], "2x8xH100-80GB", "trainer.keep_alive=true")

@@ -14,6 +14,7 @@ monitor (objective.buffer_drift) goes into the manifest, which is written last.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -31,45 +32,73 @@ from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 @ray.remote
 class GradientActor:
+    """Scores buffer rows against the weights of one checkpoint. Every call names the checkpoint
+    it is for: an actor holding another one (the previous phase's, kept alive across phases;
+    or its constructor's, after Ray restarted it) loads it first, so a call never scores with
+    stale weights. `release` frees the model between stages."""
+
     def __init__(self, cfg, checkpoint: str):
         import torch
 
+        self.cfg, self.checkpoint, self.model, self.coords = cfg, None, None, None
+        self.device = "cpu" if cfg.resources.device == "cpu" else "cuda"
+        torch.set_num_threads(max(1, int(cfg.resources.influence.num_cpus)))
+        self._hold(checkpoint)
+
+    def _hold(self, checkpoint: str) -> None:
         from cropi.influence.coords import sample_coordinates
         from cropi.model.loading import load_model, load_tokenizer
 
-        self.cfg = cfg
-        self.device = "cpu" if cfg.resources.device == "cpu" else "cuda"
-        torch.set_num_threads(max(1, int(cfg.resources.influence.num_cpus)))
-        self.model = load_model(checkpoint, cfg.model.dtype, self.device).eval()
+        if self.checkpoint == checkpoint and self.model is not None:
+            return
+        self.release()
+        self.model = load_model(checkpoint, self.cfg.model.dtype, self.device).eval()
         self.pad_id = load_tokenizer(checkpoint).pad_token_id
-        self.coords = sample_coordinates(self.model, cfg.influence.params, cfg.influence.sample_ratio,
-                                         seeds.coordinates(cfg.run.seed))
+        if self.coords is None:  # the same for every checkpoint of a run (cropi.seeds.coordinates)
+            self.coords = sample_coordinates(self.model, self.cfg.influence.params, self.cfg.influence.sample_ratio,
+                                             seeds.coordinates(self.cfg.run.seed))
+        self.checkpoint = checkpoint
 
-    def coverage(self) -> dict:
+    def release(self) -> None:
+        """Free the model (its GPU memory too); the process, its imports and coordinates stay."""
+        import gc
+
+        import torch
+
+        self.model, self.checkpoint = None, None
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def coverage(self, checkpoint: str) -> dict:
         from cropi.influence.params import coverage
 
+        self._hold(checkpoint)
         return coverage(self.model, self.coords)
 
-    def val_gradient(self, rows: list[dict]) -> dict:
+    def val_gradient(self, checkpoint: str, rows: list[dict]) -> dict:
         from cropi.influence.passes import val_gradient
 
+        self._hold(checkpoint)
         return val_gradient(self.model, self.coords, self.pad_id, rows, self.cfg.influence)
 
-    def score_rows(self, rows: list[dict], val_grads: dict | None) -> dict:
+    def score_rows(self, checkpoint: str, rows: list[dict], val_grads: dict | None) -> dict:
         """Per-prompt outputs for buffer rows (cropi.influence.passes)."""
         from cropi.influence.passes import score_rows
 
+        self._hold(checkpoint)
         return score_rows(self.model, self.coords, self.pad_id, rows, self.cfg.influence,
                           seeds.projection(self.cfg.run.seed), val_grads)
 
-    def score_shard(self, buffer_shard: str, out_path: str, val_grads: dict | None, refresh_shard: str | None = None) -> dict:
+    def score_shard(self, checkpoint: str, buffer_shard: str, out_path: str, val_grads: dict | None,
+                    refresh_shard: str | None = None) -> dict:
         rows = read_rows(Path(buffer_shard))
         if refresh_shard is not None:  # re-rolled zero-gradient prompts replace their buffered trajectories
             fresh = read_rows(Path(refresh_shard))
             ids = {r["prompt_id"] for r in fresh}
             rows = [r for r in rows if r["prompt_id"] not in ids] + fresh
         t0 = time.time()
-        cols = self.score_rows(rows, val_grads)
+        cols = self.score_rows(checkpoint, rows, val_grads)
         store.write_shard(_table(cols), out_path)
         return {"prompts": len(cols["prompt_id"]), "seconds": time.time() - t0}
 
@@ -105,19 +134,24 @@ def influence_hash(cfg, checkpoint: str, rebuffered: list[int] = ()) -> str:
     return stable_hash(key)
 
 
-def gradient_pool(cfg, checkpoint: str, phase: int):
+def gradient_pool(cfg, checkpoint: str, phase: int | None = None):
+    """The gradient actors: of one phase, or (phase None, resources.influence.keep_alive) of the
+    whole run, passed to every phase's run_influence."""
     from cropi.placement import placement_wait
     from cropi.pool import WorkerPool
 
     r = cfg.resources.influence
     return WorkerPool(GradientActor, lambda i: (cfg, checkpoint), count=r.num_actors, cpus=r.num_cpus, gpus=r.num_gpus,
-                      what=f"phase {phase} influence", name=f"cropi-gradient-{phase}",
+                      what="influence" if phase is None else f"phase {phase} influence",
+                      name="cropi-gradient" if phase is None else f"cropi-gradient-{phase}",
                       options={"max_restarts": r.max_restarts, "max_task_retries": r.max_restarts},
                       wait=placement_wait(cfg), fields="resources.influence.num_actors, num_cpus and num_gpus")
 
 
-def run_influence(cfg, phase: int, log=print) -> dict:
-    """Write RUN_DIR/phase-M/influence for theta_M; resumes shard by shard; returns the manifest."""
+def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
+    """Write RUN_DIR/phase-M/influence for theta_M; resumes shard by shard; returns the manifest.
+    With `pool` (gradient_pool of the run) its living actors load theta_M and free it at the end;
+    without, the phase starts and stops its own."""
     import torch
     from tqdm import tqdm
 
@@ -140,13 +174,16 @@ def run_influence(cfg, phase: int, log=print) -> dict:
     fresh = refreshed_shards(cfg, phase) if inf.refresh_zero_grad else {}
     write_json({"hash": want, "checkpoint": ckpt}, store.plan_path(idir))
     shards = live_train_shards(cfg, phase)
-    with gradient_pool(cfg, ckpt, phase) as pool:
-        covered = pool.each(lambda a: a.coverage.remote())[0]
+    kept = pool is not None
+    with contextlib.ExitStack() as scope:
+        if not kept:
+            pool = scope.enter_context(gradient_pool(cfg, ckpt, phase))
+        covered = pool.each(lambda a: a.coverage.remote(ckpt))[0]
         startup = time.time() - t0  # the actors are up, their model loaded: the rest is work
         val_ref = None
         if inf.mode == "exact":
             chosen = {s: val_target_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed) for s in sets}
-            grads = pool.map(lambda a, s: a.val_gradient.remote(chosen[s][0]), sets, describe=lambda s: f"validation set {s}")
+            grads = pool.map(lambda a, s: a.val_gradient.remote(ckpt, chosen[s][0]), sets, describe=lambda s: f"validation set {s}")
             val_grads = dict(zip(sets, grads))
             targets = {}
             for s, g in val_grads.items():
@@ -158,16 +195,18 @@ def run_influence(cfg, phase: int, log=print) -> dict:
             val_ref = ray.put(val_grads)
         else:
             todo_sets = shards_to_write(sets, lambda s: store.val_shard_path(idir, s), None, log, f"phase {phase} influence")
-            cols = pool.map(lambda a, s: a.score_rows.remote(read_split(bdir, f"val/{s}", GRADIENT_COLUMNS).to_pylist(), None),
+            cols = pool.map(lambda a, s: a.score_rows.remote(ckpt, read_split(bdir, f"val/{s}", GRADIENT_COLUMNS).to_pylist(), None),
                             todo_sets, describe=lambda s: f"validation set {s}")
             for s, c in zip(todo_sets, cols):
                 store.write_shard(_table(c), store.val_shard_path(idir, s))
         todo = shards_to_write(shards, lambda p: store.train_shard_path(idir, p.name),
                            lambda p: store.expected_rows(p, cfg.rollout.k_train), log, f"phase {phase} influence")
         with tqdm(total=len(shards), initial=len(shards) - len(todo), desc=f"phase {phase} gradient shards") as bar:
-            pool.map(lambda a, p: a.score_shard.remote(str(p), str(store.train_shard_path(idir, p.name)), val_ref,
+            pool.map(lambda a, p: a.score_shard.remote(ckpt, str(p), str(store.train_shard_path(idir, p.name)), val_ref,
                                                        str(fresh[p.name]) if p.name in fresh else None),
                      todo, on_done=lambda *_: bar.update(1), describe=lambda p: f"buffer shard {p.name}")
+        if kept:  # the actors live on without their model while the other stages run
+            pool.each(lambda a: a.release.remote())
     kl, num_tokens, zero = store.read_drift_columns([store.train_shard_path(idir, p.name) for p in shards])
     drift = buffer_drift(torch.tensor(kl), torch.tensor(num_tokens))  # copies: Arrow's buffers are read-only
     refreshed = read_refresh_manifest(cfg, phase) if inf.refresh_zero_grad else None

@@ -3,7 +3,8 @@
     fit        memory of every actor kind on one device (cropi.plan.memory), and of the actors
                that share each device at each stage, kept-alive services included (packing)
     placement  every stage's placement group, in the loop's order, packed onto the cluster beside
-               what trainer.keep_alive holds (cropi.plan.packing); a config that cannot be placed
+               what trainer.keep_alive and resources.influence.keep_alive hold
+               (cropi.plan.packing); a config that cannot be placed
                is refused naming the stage and the fields
     cost       estimated seconds of the buffer and of each stage of a phase (cropi.plan.cost), and
                the selection / training ratio beside the paper's measured one
@@ -53,7 +54,9 @@ def check(plan: dict) -> None:
                             f"{fit['gib']:.1f} GiB > {fit['memory_gib']} GiB (lower "
                             + "; ".join(FIXES[k] for k in kinds if k in FIXES)
                             + (", or trainer.keep_alive=false" if any("resting" in a or "asleep" in a
-                                                                      for a in fit["actors"]) else "") + ")")
+                                                                      for a in fit["actors"]) else "")
+                            + (", or resources.influence.keep_alive=false" if "gradient actor (released)"
+                               in fit["actors"] else "") + ")")
             break
     if plan.get("placement_problem"):
         problems.append(plan["placement_problem"])

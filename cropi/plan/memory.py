@@ -155,7 +155,9 @@ def actor_parts(cfg, shape: ModelShape, device_gib: float) -> dict[str, dict[str
         writer.update(recompute_weights=p * b,
                       recompute_activations=RECOMPUTE_TOKENS * (4 * shape.hidden + 2 * shape.intermediate) * b,
                       recompute_logits_chunk=shape.head_chunk(1024, 2))
+    released = dict(ctx)  # a kept-alive gradient actor between its stages: the process, no model
     return {"trainer rank": trainer, "trainer rank (resting)": resting, "gradient actor": gradient,
+            "gradient actor (released)": released,
             "rollout worker": engine, "rollout worker (asleep)": asleep, "buffer writer": writer}
 
 

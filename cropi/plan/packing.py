@@ -7,7 +7,9 @@ The stages a run asks for, in cropi.loop's order:
 
     buffer                       one bundle per rollout worker                  (once, if the method reads it)
     phase m: refresh             rollout workers  (influence.refresh_zero_grad)
-             influence           one bundle per gradient actor                 (cropi)
+             influence           one bundle per gradient actor                 (cropi); with
+                                 resources.influence.keep_alive reserved once and held, the
+                                 actors' models freed between their stages
              rebuffer            rollout workers  (influence.kl_refresh_threshold > 0; may happen)
              select              1 CPU                                          (cropi)
              train               trainer ranks and their engines (cropi.placement.training_bundles);
@@ -30,6 +32,7 @@ from cropi.plan.cluster import Cluster
 from cropi.plan.memory import GIB
 
 EPS = 1e-9
+KEEP_ALIVE = {"train": "trainer.keep_alive", "influence": "resources.influence.keep_alive"}  # what holds a group
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Stage:
     bundles: list[Bundle]
     fields: str  # the config fields that size it
     kind: str  # buffer | refresh | influence | rebuffer | select | train
-    holds: bool = False  # its group stays reserved after the stage (trainer.keep_alive)
+    holds: bool = False  # its group stays reserved after the stage (trainer / resources.influence keep_alive)
 
 
 @dataclass
@@ -100,9 +103,11 @@ def stages_of(cfg, method: str = "cropi") -> list[Stage]:
         if method == "cropi":
             if cfg.influence.refresh_zero_grad:
                 out.append(Stage(f"phase {m} refresh", list(rollers), wf, "refresh"))
-            out.append(Stage(f"phase {m} influence", [_b(inf.num_cpus, inf.num_gpus, "gradient actor")
-                                                       for _ in range(inf.num_actors)],
-                             "resources.influence.num_actors, num_cpus and num_gpus", "influence"))
+            if not inf.keep_alive or m == 0:
+                out.append(Stage(f"phase {m} influence", [_b(inf.num_cpus, inf.num_gpus, "gradient actor")
+                                                           for _ in range(inf.num_actors)],
+                                 "resources.influence.num_actors, num_cpus and num_gpus", "influence",
+                                 holds=inf.keep_alive))
             if cfg.influence.kl_refresh_threshold > 0:
                 out.append(Stage(f"phase {m} rebuffer", list(writers), wf, "rebuffer"))
             out.append(Stage(f"phase {m} select", [_b(1, 0)], "the other stages' resources (the selector needs 1 CPU)",
@@ -169,6 +174,8 @@ def _resting(actor: str, cfg) -> str:
         return "trainer rank (resting)"
     if actor == "rollout worker" and cfg.colocated_gpu():
         return "rollout worker (asleep)"
+    if actor == "gradient actor":
+        return "gradient actor (released)"
     return actor
 
 
@@ -250,8 +257,9 @@ def _why(stage: Stage, held: list[Placed], cluster: Cluster, cfg) -> str:
     holders = ", ".join(f"{h.stage.name} ({sum(b.gpus for b in h.stage.bundles):g} GPU, "
                         f"{sum(b.cpus for b in h.stage.bundles):g} CPU)" for h in held)
     if held:
+        knobs = " or ".join(dict.fromkeys(KEEP_ALIVE[h.stage.kind] for h in held)) + "=false"
         return (f"{stage.name}: {asked} cannot be placed on {cluster.name} while {holders} stays reserved "
-                f"(trainer.keep_alive); set trainer.keep_alive=false, or lower {stage.fields}")
+                f"(kept alive); set {knobs}, or lower {stage.fields}")
     return f"{stage.name}: {asked} cannot be packed onto the nodes of {cluster.name}; lower {stage.fields}"
 
 

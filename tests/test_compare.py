@@ -164,7 +164,7 @@ def _write_arm(root, seed, arm, cfg_over, pool, val):
 
 
 def summarise_runs(root, seed, arm):
-    from cropi.compare.report import read_arm
+    from cropi.compare.reading import read_arm
 
     return read_arm(root / f"seed-{seed}" / arm, arm, seed, 0.0)
 
@@ -194,7 +194,8 @@ def compare_root(tmp_path):
 
 
 def test_report_figures_equal_the_constructed_ones(compare_root, tmp_path):
-    from cropi.compare.report import summarise, write_compare_report
+    from cropi.compare.report import write_compare_report
+    from cropi.compare.summary import summarise
 
     s = summarise(compare_root)
     assert s["targeted"] == ["add", "sub"] and s["untargeted"] == ["mul"] and s["steps"] == 4
@@ -213,7 +214,7 @@ def test_report_figures_equal_the_constructed_ones(compare_root, tmp_path):
     sp = s["arms"]["cropi"]["speedup_vs_full"]["targeted"]
     assert sp["steps_per_seed"] == [2.0, 2.0] and sp["wall_per_seed"][0] == pytest.approx(40 / 70, abs=1e-3)
     assert s["arms"]["filtered"]["speedup_vs_full"]["targeted"]["steps_mean"] is None  # never reaches it
-    from cropi.compare.report import _per_seed_speedup
+    from cropi.compare.summary import _per_seed_speedup
 
     flat = GAINS["filtered"]  # a reference that never improves: the ratio is undefined, not "never"
     assert flat == (0.0, 0.0)
@@ -237,7 +238,7 @@ def test_report_figures_equal_the_constructed_ones(compare_root, tmp_path):
 
 
 def test_report_refuses_a_directory_that_is_not_a_comparison(tmp_path):
-    from cropi.compare.report import summarise
+    from cropi.compare.summary import summarise
     from cropi.errors import CropiError
 
     with pytest.raises(CropiError, match="no compare.json"):

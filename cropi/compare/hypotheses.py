@@ -9,7 +9,7 @@ its 95% interval over seeds:
     not separated   the interval contains the threshold
     not judged      fewer than MIN_SEEDS seeds (the report still shows what they read)
 
-Pure numpy on the report's summary and read runs (cropi.compare.report): no Ray, no files.
+Pure numpy on the report's summary and read runs (cropi.compare.summary, cropi.compare.reading): no Ray, no files.
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ def _load(args):
 def cmd_make_base_model(args) -> int:
     from cropi.config import load_config
     from cropi.data.suite import load_data
-    from cropi.model.base_model import build_base_model, read_marker
+    from cropi.data.base_model import build_base_model, read_marker
 
-    from cropi.model.base_model import base_model_hash
+    from cropi.data.base_model import base_model_hash
 
     cfg = load_config(args.config, args.overrides)
     marker = read_marker(cfg.model.path)
@@ -181,7 +181,7 @@ def cmd_plan(args) -> int:
 
 def cmd_demo(args) -> int:
     """What `make demo` runs: the base model's pass rates, then the whole CROPI loop and its report."""
-    from cropi.model.base_model import read_marker
+    from cropi.data.base_model import read_marker
 
     cfg = _load(args)
     from cropi.model.loading import check_model_dir

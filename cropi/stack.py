@@ -72,7 +72,7 @@ CALLS: tuple[Api, ...] = (
     # DeepSpeed (cropi.trainer.rank, step, export)
     Api("deepspeed.init_distributed", params=("dist_backend",), where="trainer.rank.setup (nccl on cuda)"),
     Api("deepspeed.initialize", params=("model", "optimizer", "config"), where="trainer.rank.reset"),
-    Api("deepspeed.zero.GatheredParameters", params=("params", "modifier_rank"), where="trainer.export.gathered"),
+    Api("deepspeed.zero.GatheredParameters", params=("params", "modifier_rank"), where="sync.export.gathered"),
     Api("deepspeed.runtime.engine.DeepSpeedEngine.backward", params=("loss", "scale_wrt_gas"), where="trainer.step"),
     Api("deepspeed.runtime.engine.DeepSpeedEngine.set_gradient_accumulation_boundary", params=("is_boundary",),
         where="trainer.step"),

@@ -22,12 +22,12 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cfg) -> Path:
     """Path of the tiny warm-started base model; built here if `make base-model` has not run."""
-    from cropi.model.base_model import build_base_model, read_marker
+    from cropi.data.base_model import build_base_model, read_marker
     from cropi.data.suite import load_data
 
     path = ROOT / tiny_cfg.model.path
     marker = read_marker(path)
-    from cropi.model.base_model import base_model_hash
+    from cropi.data.base_model import base_model_hash
 
     if not marker or marker.get("config_hash") != base_model_hash(tiny_cfg):
         train, val = load_data(tiny_cfg)

@@ -16,7 +16,7 @@ from cropi.config import (ARTIFACTS, BASE_MODEL, BUFFER, INFLUENCE, PHASE_ARTIFA
 from cropi.data.suite import suite_key
 from cropi.errors import CropiError
 from cropi.influence.actor import influence_hash
-from cropi.model.base_model import base_model_hash
+from cropi.data.base_model import base_model_hash
 from cropi.store import buffer as store_buffer
 from cropi.store.buffer import buffer_hash
 from cropi.store.run_record import check_phase, claim_phase, phase_inputs

@@ -5,7 +5,7 @@ import torch
 
 from cropi.cli import main
 from cropi.errors import CropiError
-from cropi.model.base_model import build_base_model, read_marker, sample_pass_rate
+from cropi.data.base_model import build_base_model, read_marker, sample_pass_rate
 from cropi.model.loading import load_model, load_tokenizer
 from cropi.data.rewards import exact_integer
 

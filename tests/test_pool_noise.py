@@ -46,7 +46,7 @@ def test_wrong_labels_are_near_misses_and_conflicts_reverse_add():
 
 
 def test_the_warm_start_has_the_habits_it_is_given():
-    from cropi.model.base_model import _fresh_problems
+    from cropi.data.base_model import _fresh_problems
 
     cfg = load_config("configs/compare-small.yaml")
     rows = _fresh_problems(cfg, {}, random.Random(0))(8000)

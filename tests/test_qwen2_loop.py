@@ -105,7 +105,7 @@ def test_qwen2_weight_sync_matches_the_trained_checkpoint(qwen_run):
     from cropi.model.loading import load_model, load_tokenizer
     from cropi.model.sequences import collate, token_logprobs
     from cropi.rollout.engine_actor import engine_pool
-    from cropi.trainer.export import to_safetensors_bytes
+    from cropi.sync.export import to_safetensors_bytes
 
     tmp, model, sets = qwen_run
     ckpt = tmp / "run" / "phase-0" / "checkpoint"

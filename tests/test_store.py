@@ -10,6 +10,7 @@ import pytest
 
 from cropi.config import load_config
 from cropi.errors import CropiError
+from cropi import hashing
 from cropi.store import files
 from cropi.store.paths import RunPaths
 from cropi.store.selection import baseline_table, read_selection, selected_ids, write_selection
@@ -57,8 +58,8 @@ def test_read_jsonl_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
 
 
 def test_stable_hash_ignores_key_order():
-    assert files.stable_hash({"a": 1, "b": [1, 2]}) == files.stable_hash({"b": [1, 2], "a": 1})
-    assert files.stable_hash({"a": 1}) != files.stable_hash({"a": 2})
+    assert hashing.stable_hash({"a": 1, "b": [1, 2]}) == hashing.stable_hash({"b": [1, 2], "a": 1})
+    assert hashing.stable_hash({"a": 1}) != hashing.stable_hash({"a": 2})
 
 
 def test_selection_file_is_checked_and_its_summary_never_stale(tmp_path):

@@ -1,1 +1,2 @@
-"""Tasks, datasets and verifiable rewards."""
+"""Tasks, datasets and verifiable rewards, and the tiny base model warm-started on the tasks
+(base_model.py)."""

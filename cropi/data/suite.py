@@ -8,7 +8,8 @@ from cropi import seeds
 from cropi.config import SUITE, Config
 from cropi.data.dataset import PromptRow, load_prompts
 from cropi.data.tasks import write_suite
-from cropi.store.files import stable_hash, write_json
+from cropi.hashing import stable_hash
+from cropi.store.files import write_json
 
 
 def suite_key(cfg: Config) -> str:

@@ -16,7 +16,7 @@ Like scraped RLVR pools, the training pool can carry two kinds of bad data (vali
                 zero-variance filter, while its gradient teaches the wrong answer
   conflict      a share of the prompts has the surface form of a family ("37+5=") but another answer
                 rule: the digits of the result reversed ("24"), a rule the warm start has also seen
-                (cropi.model.base_model), so the base model sometimes follows it
+                (cropi.data.base_model), so the base model sometimes follows it
 Each training row records which it is in extra_info["label"] (clean | wrong | conflict) and the
 right answer in extra_info["true_answer"]; a conflicting row's family is FAMILY_rev.
 """

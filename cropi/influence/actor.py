@@ -26,7 +26,8 @@ from cropi.config import INFLUENCE
 from cropi.errors import CropiError
 from cropi.store import influence as store
 from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
-from cropi.store.files import shards_to_write, read_json, read_json_if, remove_stale_tmp, stable_hash, write_json
+from cropi.store.files import shards_to_write, read_json, read_json_if, remove_stale_tmp, write_json
+from cropi.hashing import stable_hash
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from cropi.config import BUFFER, flat_dict
 from cropi.errors import CropiError
-from cropi.store.files import read_json_if, remove_stale_tmp, stable_hash, write_json
+from cropi.hashing import stable_hash
+from cropi.store.files import read_json_if, remove_stale_tmp, write_json
 from cropi.store.paths import SHARD_GLOB, RunPaths, shard_name
 
 SCHEMA_VERSION = 1

@@ -8,7 +8,6 @@ A directory is made atomic the same way: built under `NAME.partial`, then rename
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,11 +17,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from cropi.errors import CropiError, storage_error
-
-
-def stable_hash(obj) -> str:
-    """Short sha256 of a JSON-able object (keys sorted): what an artifact was built from."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:

@@ -16,7 +16,7 @@ import torch
 
 from cropi.sync.buckets import Bucket, flatten, plan_buckets
 from cropi.sync.handles import export_buffer
-from cropi.trainer.export import gathered
+from cropi.sync.export import gathered
 
 
 def named_params(module) -> dict[str, torch.nn.Parameter]:

@@ -106,7 +106,7 @@ class TrainerRank:
     def state_dict_bytes(self) -> bytes | None:
         """Rank 0: the full weights as safetensors bytes (object-store sync); collective under
         ZeRO-3 only: below it the other ranks have nothing to do and copy nothing."""
-        from cropi.trainer.export import gathered, state_dict_bytes
+        from cropi.sync.export import gathered, state_dict_bytes
 
         zero = self.cfg.trainer.zero_stage
         if self.rank == 0:
@@ -153,7 +153,7 @@ class TrainerRank:
 
     def save_hf(self, directory: str, tokenizer_from: str) -> None:
         """Rank 0 writes a Hugging Face checkpoint; collective (ZeRO-3 gathers)."""
-        from cropi.trainer.export import gathered_state_dict, save_hf_checkpoint
+        from cropi.sync.export import gathered_state_dict, save_hf_checkpoint
 
         sd = gathered_state_dict(self.engine, self.cfg.trainer.zero_stage)
         if self.rank == 0:

@@ -1,38 +1,22 @@
-"""The typed configuration of a whole CROPI run.
+"""The schema of a run's configuration: one dataclass per section, each field with its default,
+help, rules (`choices`, `min`, `above`, `max`) and `feeds=` (the artifacts whose content it
+decides), and what is derived from them -- validation, `artifact_inputs` / `artifact_hash`,
+`feeds_of`, `not_inputs`. The package docstring (cropi.config) says how it is used; YAML and
+`--set` enter through cropi.config.loading, the README reference comes from cropi.config.reference.
 
-One dataclass per section; a YAML file maps onto them 1:1 (`section: {field: value}`, and
-`resources: {rollout: {field: value}}` for the per-stage resource sub-sections). `--set
-section.field=value` (or `resources.rollout.num_workers=2`) on any `cropi` subcommand overrides
-one field; the value is parsed as YAML, so `--set selection.alpha=0.2` gives a float and
-`--set data.families=[add,mul]` a list. Unknown sections or fields and invalid values raise
-`ConfigError` naming `section.field`.
-
-Defaults, allowed values and minimums live here and only here, as field metadata (`choices`,
-`min`, `above`, `max`); validation, the CLI and the generated README reference all read them.
-`configs/*.yaml` list what differs from the defaults.
-
-What counts for resume is declared once: every field names, in its `feeds=` metadata, the
-artifacts whose content it decides (ARTIFACTS: the synthetic suite, the tiny base model, the
-buffer, a phase's influence, its selection, its training). Every key, every resume check and
-every "changed config" refusal is derived from that declaration (`artifact_inputs`,
-`phase_inputs`); a field that feeds nothing (`feeds=()`: every `resources.*` field, trackers,
-sync transport, retries) may change on any resume. `model.path` enters by the content of the
-model directory (`cropi.store.digest`), not by its name.
+Over 300 lines by design: the schema is one table of every field a user can set, read top to
+bottom; splitting it by section would scatter the declarations the hashes are derived from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cropi.errors import ConfigError
-from cropi.store.files import stable_hash
+from cropi.hashing import content_digest, stable_hash
 
 FAMILIES = ("add", "sub", "mul", "mod", "div")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -416,7 +400,6 @@ class Config:
     def artifact_inputs(self, *artifacts: str) -> dict[str, Any]:
         """{'section.field': value} of every field declared to feed any of `artifacts`; the fields
         in BY_CONTENT give the digest of what they name instead of the name."""
-        from cropi.store.digest import content_digest
 
         out = {}
         for name, f, value in field_paths(self):
@@ -445,107 +428,6 @@ def not_inputs() -> tuple[str, ...]:
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Check a YAML value against the field's declared type; ints are accepted for floats."""
-    hints = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
-    if isinstance(annotation, str) and "|" in annotation:  # a union: the first type the value is
-        kinds = [hints[a.strip()] for a in annotation.split("|")]
-        if any(isinstance(value, k) and not isinstance(value, bool) for k in kinds):
-            return value
-        raise ConfigError(f"config field {name}: expected {' or '.join(k.__name__ for k in kinds)}, "
-                          f"got {type(value).__name__} {value!r}")
-    expected = hints[annotation] if isinstance(annotation, str) else annotation
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads '3e-4' as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if expected is int and isinstance(value, bool):
-        raise ConfigError(f"config field {name}: expected int, got bool {value!r}")
-    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, expected):
-        raise ConfigError(f"config field {name}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _apply(obj, path: list[str], value: Any, prefix: str = "") -> None:
-    """Set obj.<path...> = value, path like ['rollout', 'k_train'] or ['resources', 'rollout', 'num_workers']."""
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    key, rest = path[0], path[1:]
-    name = f"{prefix}{key}"
-    if key not in fields:
-        if not prefix:
-            raise ConfigError(f"unknown config section {key!r}; sections are {sorted(fields)}")
-        raise ConfigError(f"unknown config field {name}; fields of {prefix[:-1]} are {sorted(fields)}")
-    f = fields[key]
-    if _is_section(f) or not prefix:
-        sub = getattr(obj, key)
-        if not rest:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config section {name} must be a mapping of fields, got {value!r}")
-            for k, v in value.items():
-                _apply(sub, [k], v, f"{name}.")
-            return
-        _apply(sub, rest, value, f"{name}.")
-        return
-    if rest:
-        raise ConfigError(f"config field {name} is not a section; {'.'.join([name] + rest)} does not exist")
-    setattr(obj, key, _coerce(value, f.type, name))
-
-
-def from_dict(data: dict, source: str = "<dict>") -> Config:
-    cfg = Config()
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
-    for section, values in data.items():
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping of fields")
-        _apply(cfg, [section], values)
-    return cfg
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'section.field=value' -> (['section', 'field'], YAML-parsed value)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set {text!r}: expected section.field=value")
-    lhs, rhs = text.split("=", 1)
-    try:
-        value = yaml.safe_load(rhs) if rhs.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from None
-    return [p.strip() for p in lhs.split(".")], value
-
-
-def load_config(path: str | Path | None, overrides: list[str] | tuple = ()) -> Config:
-    """Read a YAML config, apply `section.field=value` overrides, validate."""
-    data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if data is None:
-            raise ConfigError(f"config file {p} is empty; an empty file would run every default "
-                              "(write at least the fields that differ, e.g. run.dir)")
-    cfg = from_dict(data, source)
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply(cfg, keys, value)
-    return cfg.validate()
-
-
 def field_paths(obj=None, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
     """(dotted name, field, value) of every leaf field, in declaration order."""
     obj = Config() if obj is None else obj
@@ -560,33 +442,14 @@ def field_paths(obj=None, prefix: str = "") -> list[tuple[str, dataclasses.Field
     return out
 
 
-def _rule_text(md) -> str:
-    parts = []
-    if "choices" in md:
-        parts.append("one of " + ", ".join(f"`{c}`" for c in md["choices"]))
-    if "min" in md:
-        parts.append(f">= {md['min']}")
-    if "above" in md:
-        parts.append(f"> {md['above']}")
-    if "max" in md:
-        parts.append(f"<= {md['max']}")
-    return "; ".join(parts)
-
-
-def reference_markdown() -> str:
-    """The config reference for the README, generated from the dataclasses."""
-    lines = ["| field | default | allowed | feeds | meaning |", "| --- | --- | --- | --- | --- |"]
-    for name, f, value in field_paths():
-        feeds = ", ".join(f.metadata["feeds"]) or "nothing"
-        lines.append(f"| `{name}` | `{json.dumps(value)}` | {_rule_text(f.metadata)} | {feeds} | {f.metadata['help']} |")
-    return "\n".join(lines)
-
-
 def flat_dict(cfg: Config, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """{'section.field': value} of every leaf field, leaving out names under any `exclude` prefix."""
     return {name: value for name, _, value in field_paths(cfg)
             if not any(name == e or name.startswith(e + ".") for e in exclude)}
 
 
-__all__ = ["Config", "load_config", "from_dict", "parse_override", "reference_markdown", "flat_dict",
-           "field_paths", "not_inputs", "feeds_of", "ARTIFACTS", "PHASE_ARTIFACTS", "FAMILIES"]
+__all__ = ["Config", "RunConfig", "DataConfig", "ModelConfig", "BaseModelConfig", "RolloutConfig", "InfluenceConfig",
+           "SelectionConfig", "TrainerConfig", "RolloutResources", "InfluenceResources", "TrainerResources",
+           "ResourcesConfig", "ConfigError", "validate_section", "field_paths", "flat_dict", "not_inputs", "feeds_of",
+           "SECTIONS", "ARTIFACTS", "PHASE_ARTIFACTS", "BY_CONTENT", "FAMILIES", "DTYPES",
+           "SUITE", "BASE_MODEL", "BUFFER", "INFLUENCE", "SELECTION", "TRAINING"]

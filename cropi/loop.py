@@ -17,6 +17,10 @@ from its start checkpoint; the engines hold it already (the last step of the pre
 or get it by one weight sync. Likewise the gradient actors start with the first influence stage
 and serve every later one (`resources.influence.keep_alive`), loading each phase's checkpoint.
 
+Where methods differ (reading the buffer, making a phase's selection) is one `Method` object per
+method (`Cropi` for cropi, `Method` for the baselines; `method_of`); `_Run` holds what lives for
+the run's Ray session (metrics, trackers, the kept-alive services) and times each stage.
+
 Baselines, same trainer and budget (cropi.selection.baselines): `full` trains each phase on the
 whole pool; `random`, `filtered` (random among prompts whose buffered rewards vary) and
 `difficulty` (top p(1 - p) by buffered pass rate) on subsets of the size CROPI selects
@@ -53,13 +57,11 @@ import os
 import time
 
 from cropi import preempt
-
-
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError, WorkerDied
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
-METHODS = ("cropi", "full", "random", "filtered", "difficulty")
+METHODS = ("cropi", "full", "random", "filtered", "difficulty")  # the CLI's --method (cropi.loop.method_of)
 
 
 def _write_baseline_selection(cfg, phase: int, pool: list[PromptRow], method: str) -> None:
@@ -105,140 +107,220 @@ def _buffer_complete(cfg) -> bool:
     return bool(man.get("complete")) and built_with(cfg, man)
 
 
-def run_loop(cfg, method: str = "cropi", log=print) -> dict:
-    from cropi.data.suite import load_data
-    from cropi.influence.actor import gradient_pool, run_influence
-    from cropi.model.loading import check_model_dir
-    from cropi.monitor import RunMetrics
-    from cropi.ray_utils import check_device, ray_session
-    from cropi.rollout.build import build_buffer
-    from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
-    from cropi.selection.actor import run_selector
-    from cropi.selection.baselines import NEEDS_BUFFER
-    from cropi.store.files import read_json_if, write_json
-    from cropi.store.run_record import check_run, claim_phase, record_start
-    from cropi.trackers import Trackers
-    from cropi.store.selection import selected_ids
-    from cropi.trainer.phase import run_phase
-    from cropi.trainer.services import TrainingServices
+def with_retries(fn, retries: int, on_retry):
+    """fn() again after a WorkerDied (a dead rank or engine), up to `retries` more times;
+    on_retry(attempt, error) runs before each new attempt."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except WorkerDied as e:
+            if attempt == retries:
+                raise
+            on_retry(attempt + 1, e)
 
-    if method not in METHODS:
-        raise CropiError(f"--method must be one of {METHODS}, got {method!r}")
+
+class Method:
+    """Where the loop's methods differ: whether they read the buffer, and how a phase's
+    selection is made. One object per method; `method_of` picks it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def reads_buffer(self) -> bool:
+        from cropi.selection.baselines import NEEDS_BUFFER
+
+        return self.name in NEEDS_BUFFER
+
+    def select(self, run: "_Run", m: int) -> None:
+        """A baseline's selection (cropi.selection.baselines), written once per phase."""
+        _write_baseline_selection(run.cfg, m, run.pool, self.name)
+
+
+class Cropi(Method):
+    reads_buffer = True
+
+    def select(self, run: "_Run", m: int) -> None:
+        """[refresh] -> influence -> [drift: rebuffer, influence again] -> select."""
+        from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
+        from cropi.selection.actor import run_selector
+
+        cfg, paths = run.cfg, run.paths
+        t_sel = time.time()
+        if cfg.influence.refresh_zero_grad:
+            run.stage("refresh", lambda: refresh_zero_grad(cfg, m, run.pool, run.log), m)
+        if read_rebuffer_manifest(cfg, m) is not None and paths.influence(m).is_dir() and \
+                not paths.influence_before_rebuffer(m).exists():
+            _set_aside(paths, m)  # died between the re-roll and setting the old scores aside
+        man = run.stage("influence", lambda: run.influence(m), m)
+        if _drifted(cfg, m, man):
+            rb = run.stage("rebuffer", lambda: rebuffer(cfg, m, run.pool, man["kl_drift"], run.log), m)
+            run.metrics.event("rebuffer", phase=m, kl=rb["kl_before"], prompts=rb["prompts"])
+            _set_aside(paths, m)
+            man = run.stage("influence_after_rebuffer", lambda: run.influence(m), m)
+        run.metrics.gauge("cropi_kl_drift", man["kl_drift"], phase=m)
+        run.metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])
+        if not paths.selection_summary(m).is_file():
+            run.stage("select", lambda: run_selector(cfg, m, run.pool), m)
+        run.metrics.gauge("cropi_selection_seconds", time.time() - t_sel, phase=m)
+
+
+def method_of(name: str) -> Method:
+    if name not in METHODS:
+        raise CropiError(f"--method must be one of {METHODS}, got {name!r}")
+    return Cropi(name) if name == "cropi" else Method(name)
+
+
+class _Run:
+    """One run's living parts inside its Ray session: metrics and trackers, the timed stages,
+    and the services kept across phases -- the training engines and ranks (trainer.keep_alive)
+    and the gradient actors (resources.influence.keep_alive), each started by the first stage
+    that needs it. Closed in reverse order of start."""
+
+    def __init__(self, cfg, pool: list[PromptRow], val, log):
+        from cropi.monitor import RunMetrics
+        from cropi.trackers import Trackers
+
+        self.cfg, self.pool, self.val, self.log = cfg, pool, val, log
+        self.paths = RunPaths.of(cfg)
+        self.timings: dict[str, float] = {}
+        self.services = None
+        self.gradients = None
+        self._closing = contextlib.ExitStack()  # every close runs, even after one fails
+        self.metrics = RunMetrics(self.paths.root, self.paths.root.name)
+        self._closing.callback(self.metrics.close)
+        try:
+            self.trackers = Trackers(cfg, self.paths.root)
+        except BaseException:
+            self._closing.close()
+            raise
+        self._closing.callback(self.trackers.close)
+        self._closing.callback(lambda: self.services is not None and self.services.close())
+        self._closing.callback(lambda: self.gradients is not None and self.gradients.close())
+
+    def __enter__(self) -> "_Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._closing.close()
+
+    def on_step(self, m: dict) -> None:
+        self.metrics.on_step(m)
+        self.trackers.on_step(m)
+
+    def stage(self, name: str, fn, phase: int | None = None):
+        """fn() timed as one stage: a preemption point before it, its seconds and start-up in the
+        metrics and events."""
+        t0 = time.time()
+        try:
+            preempt.check(f"the start of stage {name}" + ("" if phase is None else f" of phase {phase}"))
+            out = fn()
+        except preempt.Preempted as e:
+            self.metrics.event("preempted", stage=name, phase=phase, where=e.where)
+            raise
+        dt = time.time() - t0
+        self.timings[name if phase is None else f"phase{phase}/{name}"] = round(dt, 2)
+        self.metrics.gauge("cropi_stage_seconds", dt, phase="none" if phase is None else phase, stage=name)
+        startup = out.get("startup_seconds") if isinstance(out, dict) else None
+        self.metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2),
+                           **({"startup_seconds": round(min(float(startup), dt), 2)} if startup is not None else {}))
+        return out
+
+    def buffer(self) -> None:
+        from cropi.rollout.build import build_buffer
+
+        if _buffer_complete(self.cfg):  # checked again (cheap), but not timed as building it
+            t0 = time.time()
+            build_buffer(self.cfg, progress=False, log=self.log)
+            self.log(f"buffer: complete, skipped (checked in {time.time() - t0:.1f} s)")
+        else:
+            self.stage("buffer", lambda: build_buffer(self.cfg, log=self.log))
+
+    def influence(self, m: int) -> dict:
+        from cropi.influence.actor import gradient_pool, run_influence
+
+        if self.cfg.resources.influence.keep_alive and self.gradients is None:  # inside the stage: timed there
+            self.gradients = gradient_pool(self.cfg, phase_start_checkpoint(self.cfg, m))
+        return run_influence(self.cfg, m, self.log, pool=self.gradients)
+
+    def train(self, m: int) -> dict:
+        """GRPO for the phase's E steps on its selection; a dead rank or engine redoes the stage in
+        this job (run.max_stage_retries) from the phase's last DeepSpeed checkpoint."""
+        from cropi.store.selection import selected_ids
+        from cropi.trainer.phase import run_phase
+        from cropi.trainer.services import TrainingServices
+
+        cfg, start = self.cfg, phase_start_checkpoint(self.cfg, m)
+
+        def attempt():
+            if cfg.trainer.keep_alive and self.services is None:  # started inside the stage: timed there
+                self.services = TrainingServices(cfg, start)
+            return run_phase(cfg, m, cfg.trainer.steps_per_phase, self.pool, selected_ids(self.paths.selection(m)),
+                             self.val, start, self.log, on_step=self.on_step, services=self.services)
+
+        def again(n: int, e: WorkerDied) -> None:
+            retries = cfg.run.max_stage_retries
+            self.metrics.event("stage_retry", phase=m, stage="train", attempt=n, of=retries, error=str(e))
+            self.log(f"phase {m}: {e.args[0].split(';')[0]}; redoing the training stage in this job "
+                     f"(attempt {n} of {retries}) from its last DeepSpeed checkpoint")
+            if self.services is not None:
+                self.services.close()
+                self.services = None
+
+        return with_retries(attempt, cfg.run.max_stage_retries, again)
+
+    def phase(self, m: int, method: Method) -> None:
+        from cropi.store.files import read_json_if
+        from cropi.store.run_record import claim_phase
+
+        self.metrics.gauge("cropi_phase", m)
+        if self.paths.phase_done(m):
+            self.log(f"phase {m}: complete, skipped")
+            return
+        claim_phase(self.cfg, m, method.name)
+        method.select(self, m)
+        sel = read_json_if(self.paths.selection_summary(m), "selection summary")
+        if sel:
+            self.trackers.on_selection(m, sel)
+        summary = self.stage("train", lambda: self.train(m), m)
+        if self.services is not None:
+            self.services.rest()
+        self.metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})
+
+    def report(self) -> None:
+        if self.trackers.open:  # the report's plots, while the trackers are open (the faces write it again)
+            from cropi.report import write_report
+
+            self.trackers.on_report(write_report(self.paths.root).parent, self.cfg.run.num_phases)
+
+
+def run_loop(cfg, method: str = "cropi", log=print) -> dict:
+    """The whole run of `method` (cropi or a baseline), resumed from whatever is complete."""
+    from cropi.data.suite import load_data
+    from cropi.model.loading import check_model_dir
+    from cropi.ray_utils import check_device, ray_session
+    from cropi.store.files import write_json
+    from cropi.store.run_record import check_run, record_start
+
+    strategy = method_of(method)
     check_device(cfg)
     check_model_dir(cfg.model.path)
     pool, val = load_data(cfg)
     paths = RunPaths.of(cfg)
     check_run(cfg, method)  # refuse another method or a changed config before anything runs
     record_start(cfg, method)
-    timings: dict[str, float] = {}
-    services = None  # the training engines and ranks, started by the first phase that trains
-    gradients = None  # the gradient actors (resources.influence.keep_alive), started by the first influence stage
-    with ray_session(cfg, dashboard=True), contextlib.ExitStack() as keep:
+    with ray_session(cfg, dashboard=True):
         if os.environ.get("RAY_ADDRESS") or cfg.resources.ray_address:
             from cropi.plan import check_live_placement
 
             check_live_placement(cfg, method)  # every stage, in order, onto the nodes of the cluster joined
-        metrics = RunMetrics(paths.root, paths.root.name)
-        keep.callback(metrics.close)
-        trackers = Trackers(cfg, paths.root)
-        keep.callback(trackers.close)
-        keep.callback(lambda: services is not None and services.close())
-        keep.callback(lambda: gradients is not None and gradients.close())
-
-        def influence(m: int) -> dict:
-            nonlocal gradients
-            if cfg.resources.influence.keep_alive and gradients is None:  # inside the stage: its time counts there
-                gradients = gradient_pool(cfg, phase_start_checkpoint(cfg, m))
-            return run_influence(cfg, m, log, pool=gradients)
-
-        def on_step(m: dict) -> None:
-            metrics.on_step(m)
-            trackers.on_step(m)
-
-        def stage(name: str, fn, phase: int | None = None):
-            t0 = time.time()
-            try:
-                preempt.check(f"the start of stage {name}" + ("" if phase is None else f" of phase {phase}"))
-                out = fn()
-            except preempt.Preempted as e:
-                metrics.event("preempted", stage=name, phase=phase, where=e.where)
-                raise
-            dt = time.time() - t0
-            timings[name if phase is None else f"phase{phase}/{name}"] = round(dt, 2)
-            metrics.gauge("cropi_stage_seconds", dt, phase="none" if phase is None else phase, stage=name)
-            startup = out.get("startup_seconds") if isinstance(out, dict) else None
-            metrics.event("stage", stage=name, phase=phase, seconds=round(dt, 2),
-                          **({"startup_seconds": round(min(float(startup), dt), 2)} if startup is not None else {}))
-            return out
-
-        if method == "cropi" or method in NEEDS_BUFFER:
-            if _buffer_complete(cfg):  # checked again (cheap), but not timed as building it
-                t0 = time.time()
-                build_buffer(cfg, progress=False, log=log)
-                log(f"buffer: complete, skipped (checked in {time.time() - t0:.1f} s)")
-            else:
-                stage("buffer", lambda: build_buffer(cfg, log=log))
-        for m in range(cfg.run.num_phases):
-            metrics.gauge("cropi_phase", m)
-            if paths.phase_done(m):
-                log(f"phase {m}: complete, skipped")
-                continue
-            claim_phase(cfg, m, method)
-            if method == "cropi":
-                t_sel = time.time()
-                if cfg.influence.refresh_zero_grad:
-                    stage("refresh", lambda: refresh_zero_grad(cfg, m, pool, log), m)
-                if read_rebuffer_manifest(cfg, m) is not None and paths.influence(m).is_dir() and \
-                        not paths.influence_before_rebuffer(m).exists():
-                    _set_aside(paths, m)  # died between the re-roll and setting the old scores aside
-                man = stage("influence", lambda: influence(m), m)
-                if _drifted(cfg, m, man):
-                    rb = stage("rebuffer", lambda: rebuffer(cfg, m, pool, man["kl_drift"], log), m)
-                    metrics.event("rebuffer", phase=m, kl=rb["kl_before"], prompts=rb["prompts"])
-                    _set_aside(paths, m)
-                    man = stage("influence_after_rebuffer", lambda: influence(m), m)
-                metrics.gauge("cropi_kl_drift", man["kl_drift"], phase=m)
-                metrics.event("drift", phase=m, kl=man["kl_drift"], stale=man["buffer_stale"])
-                if not paths.selection_summary(m).is_file():
-                    stage("select", lambda: run_selector(cfg, m, pool), m)
-                metrics.gauge("cropi_selection_seconds", time.time() - t_sel, phase=m)
-            else:
-                _write_baseline_selection(cfg, m, pool, method)
-            sel = read_json_if(paths.selection_summary(m), "selection summary")
-            if sel:
-                trackers.on_selection(m, sel)
-            start = phase_start_checkpoint(cfg, m)
-
-            def train():
-                nonlocal services
-                retries = cfg.run.max_stage_retries
-                for attempt in range(retries + 1):
-                    try:
-                        if cfg.trainer.keep_alive and services is None:  # started inside the stage: its time counts there
-                            services = TrainingServices(cfg, start)
-                        return run_phase(cfg, m, cfg.trainer.steps_per_phase, pool, selected_ids(paths.selection(m)),
-                                         val, start, log, on_step=on_step, services=services)
-                    except WorkerDied as e:
-                        if attempt == retries:
-                            raise
-                        # a dead rank or engine: new ones, resumed from the phase's last DeepSpeed checkpoint
-                        metrics.event("stage_retry", phase=m, stage="train", attempt=attempt + 1, of=retries,
-                                      error=str(e))
-                        log(f"phase {m}: {e.args[0].split(';')[0]}; redoing the training stage in this job "
-                            f"(attempt {attempt + 1} of {retries}) from its last DeepSpeed checkpoint")
-                        if services is not None:
-                            services.close()
-                            services = None
-
-            summary = stage("train", train, m)
-            if services is not None:
-                services.rest()
-            metrics.event("phase_done", **{k: v for k, v in summary.items() if k != "checkpoint"})
-        if trackers.open:  # the report's plots, while the trackers are open (the faces write it again)
-            from cropi.report import write_report
-
-            trackers.on_report(write_report(paths.root).parent, cfg.run.num_phases)
-    result = {"method": method, "run_dir": str(paths.root), "stage_seconds": timings,
+        with _Run(cfg, pool, val, log) as run:
+            if strategy.reads_buffer:
+                run.buffer()
+            for m in range(cfg.run.num_phases):
+                run.phase(m, strategy)
+            run.report()
+    result = {"method": method, "run_dir": str(paths.root), "stage_seconds": run.timings,
               "final_checkpoint": str(paths.checkpoint(cfg.run.num_phases - 1))}
     write_json(result, paths.run_result)
     return result

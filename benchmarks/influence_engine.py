@@ -74,7 +74,7 @@ def build_model(size: str):
 def build_batch(model, prompts: int, k: int, seed: int, real_vocab: bool = False):
     """Task-like byte-token prompts and responses; behavior log-probs = model's own + noise.
     real_vocab: scale.py's random 1k-token rows (behavior log-probs ~ log(1/V), ratios ~ 1)."""
-    from cropi.influence.batch import make_batch
+    from cropi.influence.trajectories import make_batch
     from tests.support.reference_engine import dense_logp
 
     if real_vocab:
@@ -142,7 +142,7 @@ def chunked_floor(model, batch) -> None:
 
 
 def setup(size: str):
-    from cropi.influence import batched
+    from cropi.influence import gradients
     from cropi.influence.coords import sample_coordinates
     from tests.support import reference_engine as reference
     from tests.support.reference_engine import prompt_objective
@@ -156,7 +156,7 @@ def setup(size: str):
     batch = build_batch(model, s["prompts"], s["k"], SEED, real)
     coords = sample_coordinates(model, "linear", RATIO, SEED)
     val_batch = build_batch(model, 1 if real else 8, s["k"], SEED + 1, real)
-    val = {"val": batched.validation_mean_gradient(model, [val_batch], coords, head_chunk_tokens=HEAD_CHUNK)}
+    val = {"val": gradients.validation_mean_gradient(model, [val_batch], coords, head_chunk_tokens=HEAD_CHUNK)}
     kw = dict(proj_dim=PROJ_DIM, seed=SEED, grad_dtype="float32", head_chunk_tokens=HEAD_CHUNK)
 
     def floor():
@@ -172,9 +172,9 @@ def setup(size: str):
         prompt_objective(logp, batch).sum().backward()
 
     fns = {"floor": floor,
-           "exact": lambda: batched.prompt_scores(model, batch, coords, "exact", val_grads=val, **kw),
-           "projected": lambda: batched.prompt_scores(model, batch, coords, "projected", proj_kind="rademacher", **kw),
-           "sjlt": lambda: batched.prompt_scores(model, batch, coords, "projected", proj_kind="sjlt", **kw)}
+           "exact": lambda: gradients.prompt_scores(model, batch, coords, "exact", val_grads=val, **kw),
+           "projected": lambda: gradients.prompt_scores(model, batch, coords, "projected", proj_kind="rademacher", **kw),
+           "sjlt": lambda: gradients.prompt_scores(model, batch, coords, "projected", proj_kind="sjlt", **kw)}
     if real:
         fns["trainer_path"] = trainer_path
     else:

@@ -41,13 +41,13 @@ def _rows_by_prompt(table) -> list[list[dict]]:
 
 
 def _batches(groups: list[list[dict]], per_batch: int, pad_id: int):
-    from cropi.influence.batch import make_batch
+    from cropi.influence.trajectories import make_batch
 
     return [make_batch([r for g in groups[i:i + per_batch] for r in g], pad_id) for i in range(0, len(groups), per_batch)]
 
 
 def _exact_cos(model, train, val, coords, dtype) -> np.ndarray:
-    from cropi.influence.batched import prompt_scores, validation_mean_gradient
+    from cropi.influence.gradients import prompt_scores, validation_mean_gradient
 
     v = validation_mean_gradient(model, [b for b, _ in val], coords, dtype)
     vnorm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in v.values()))
@@ -59,7 +59,7 @@ def _exact_cos(model, train, val, coords, dtype) -> np.ndarray:
 
 
 def _projected_cos(model, train, val, coords, dtype, k, seed, kind: str = "rademacher") -> np.ndarray:
-    from cropi.influence.batched import prompt_scores
+    from cropi.influence.gradients import prompt_scores
 
     vals = []
     for b, _ in val:

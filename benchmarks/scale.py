@@ -191,7 +191,7 @@ def influence_child(prompts: int, budget: int) -> dict:
     t0 = time.perf_counter()
     out = score_rows(model, coords, 0, rows, inf, 29, val)
     dt = time.perf_counter() - t0
-    from cropi.influence.batch import plan_passes
+    from cropi.influence.trajectories import plan_passes
 
     return {"mode": "influence", "prompts": prompts, "sequences": len(rows), "budget_tokens": budget,
             "passes": len(plan_passes(rows, budget)), "response_tokens": ntok,
@@ -232,7 +232,7 @@ def plan_estimates(rows: list[dict]) -> None:
 def plan_influence(r: dict) -> None:
     """cropi.plan's gradient-actor estimate above set-up (activations of one pass, the head chunk,
     per-prompt sampled gradients of the largest layer) next to the measured peak."""
-    from cropi.influence.batch import plan_passes
+    from cropi.influence.trajectories import plan_passes
     from cropi.plan import GIB, INFLUENCE_HEAD_COPIES, ModelShape
 
     if "peak_rss_above_setup_mib" not in r:

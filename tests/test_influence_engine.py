@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cropi.errors import CropiError
-from cropi.influence import batched
-from cropi.influence.batch import make_batch
+from cropi.influence import gradients
+from cropi.influence.trajectories import make_batch
 from cropi.influence.coords import flatten, layer_seed, sample_coordinates, sample_indices
 from cropi.influence.params import chosen_linears
 from tests.support import reference_engine as reference
@@ -71,8 +71,8 @@ def coords(model):
 @pytest.fixture(scope="module")
 def val(model, coords):
     vb = [_with_behavior(model, _rows(random.Random(s), 4, first_id=500 + 10 * s), seed=s)[0] for s in (5, 6)]
-    return {"add": batched.validation_mean_gradient(model, vb[:1], coords),
-            "mul": batched.validation_mean_gradient(model, vb[1:], coords)}
+    return {"add": gradients.validation_mean_gradient(model, vb[:1], coords),
+            "mul": gradients.validation_mean_gradient(model, vb[1:], coords)}
 
 
 def test_raw_gradients_equal_reference(model, batch, coords):
@@ -95,7 +95,7 @@ def test_all_coordinates_without_lm_head_equal_reference(model, batch):
 
 
 def test_exact_mode_equals_reference(model, batch, coords, val):
-    fast = batched.prompt_scores(model, batch, coords, "exact", val_grads=val)
+    fast = gradients.prompt_scores(model, batch, coords, "exact", val_grads=val)
     slow = reference.prompt_scores(model, batch, coords, "exact", val_grads=val)
     assert set(fast["dots"]) == {"add", "mul"}
     for s in fast["dots"]:
@@ -111,7 +111,7 @@ def test_exact_mode_equals_reference(model, batch, coords, val):
 
 def test_projected_mode_equals_reference(model, batch, coords):
     kw = dict(proj_dim=256, proj_kind="rademacher", seed=3)
-    fast = batched.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
+    fast = gradients.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
     slow = reference.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
     assert fast.shape == (batch.num_prompts, 256)
     assert float(_rel(fast, slow).max()) < 5e-5
@@ -120,15 +120,15 @@ def test_projected_mode_equals_reference(model, batch, coords):
 def test_projection_same_across_calls_and_batch_splits(model, batch, coords):
     """Two actors with different halves of the prompts, and a restart, give the same rows."""
     kw = dict(proj_dim=128, proj_kind="rademacher", seed=9)
-    whole = batched.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
-    again = batched.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
+    whole = gradients.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
+    again = gradients.prompt_scores(model, batch, coords, "projected", **kw)["projected"]
     assert torch.equal(whole, again)
     for half in ([0, 1, 2, 3], [4, 5, 6, 7]):
         keep = torch.isin(batch.prompt_index, torch.tensor(half))
         sub = batch.rows(keep)
         sub.prompt_index = torch.searchsorted(torch.tensor(half), sub.prompt_index)
         sub.num_prompts, sub.prompt_ids = len(half), tuple(batch.prompt_ids[p] for p in half)
-        part = batched.prompt_scores(model, sub, coords, "projected", **kw)["projected"]
+        part = gradients.prompt_scores(model, sub, coords, "projected", **kw)["projected"]
         # a half may be padded narrower than the whole batch; the float32 HF forward then moves
         # log-probs by ~5e-6 (see tests/support/reference_engine.py), hence not bitwise but within 5e-5
         assert float(_rel(part, whole[half]).max()) < 5e-5
@@ -141,13 +141,13 @@ def test_validation_mean_gradient_is_the_mean_of_per_prompt_gradients(model, bat
         sub = batch.rows(keep)
         sub.prompt_index, sub.num_prompts, sub.prompt_ids = sub.prompt_index - lo, hi - lo, batch.prompt_ids[lo:hi]
         halves.append(sub)
-    mean = flatten(batched.validation_mean_gradient(model, halves, coords), coords)  # [D]
+    mean = flatten(gradients.validation_mean_gradient(model, halves, coords), coords)  # [D]
     per_prompt = flatten(reference.prompt_scores(model, batch, coords, "raw")["grads"], coords)  # [P, D]
     assert float(_rel(mean[None], per_prompt.mean(0)[None])[0]) < 1e-6
 
 
 def test_bfloat16_gradients_are_close_to_reference(model, batch, coords, val):
-    fast = batched.prompt_scores(model, batch, coords, "exact", val_grads=val, grad_dtype="bfloat16")
+    fast = gradients.prompt_scores(model, batch, coords, "exact", val_grads=val, grad_dtype="bfloat16")
     slow = reference.prompt_scores(model, batch, coords, "exact", val_grads=val, grad_dtype="float32")
     live = ~fast["zero_grad"]
     assert float(_rel(fast["norms"][live, None], slow["norms"][live, None]).max()) < 2e-2
@@ -164,7 +164,7 @@ def test_non_finite_gradient_names_the_prompt(model, batch, coords, val):
     bad.behavior_logp[row, col] = -1e30  # rho = exp(+1e30) = inf for prompt 104 only
     for mode in ("exact", "projected", "raw"):
         with pytest.raises(CropiError, match=r"prompt id\(s\) \[104\]"):
-            batched.prompt_scores(model, bad, coords, mode, val_grads=val, proj_dim=64)
+            gradients.prompt_scores(model, bad, coords, mode, val_grads=val, proj_dim=64)
     with pytest.raises(CropiError, match=r"\[104\]"):
         reference.prompt_scores(model, bad, coords, "raw")
 
@@ -173,17 +173,17 @@ def test_float16_overflow_names_the_prompt(model, batch, coords):
     big = batch.rows(torch.ones(batch.num_rows, dtype=torch.bool))
     big.advantage = torch.where(big.prompt_index == 2, big.advantage * 1e9, big.advantage)
     with pytest.raises(CropiError, match=r"\[102\].*float16"):
-        batched.prompt_scores(model, big, coords, "projected", proj_dim=64, grad_dtype="float16")
-    out = batched.prompt_scores(model, batch, coords, "projected", proj_dim=64, grad_dtype="float16")
+        gradients.prompt_scores(model, big, coords, "projected", proj_dim=64, grad_dtype="float16")
+    out = gradients.prompt_scores(model, batch, coords, "projected", proj_dim=64, grad_dtype="float16")
     assert bool(torch.isfinite(out["projected"]).all())
 
 
 def test_works_inside_no_grad_and_inference_mode(model, batch, coords):
-    want = batched.prompt_scores(model, batch, coords, "projected", proj_dim=32)["projected"]
+    want = gradients.prompt_scores(model, batch, coords, "projected", proj_dim=32)["projected"]
     with torch.no_grad():
-        assert torch.equal(batched.prompt_scores(model, batch, coords, "projected", proj_dim=32)["projected"], want)
+        assert torch.equal(gradients.prompt_scores(model, batch, coords, "projected", proj_dim=32)["projected"], want)
     with torch.inference_mode():
-        assert torch.equal(batched.prompt_scores(model, batch, coords, "projected", proj_dim=32)["projected"], want)
+        assert torch.equal(gradients.prompt_scores(model, batch, coords, "projected", proj_dim=32)["projected"], want)
 
 
 def test_all_zero_batch_and_model_state_restored(model, batch, coords, val):
@@ -191,9 +191,9 @@ def test_all_zero_batch_and_model_state_restored(model, batch, coords, val):
     model.train()
     zero = batch.rows(torch.ones(batch.num_rows, dtype=torch.bool))
     zero.advantage = torch.zeros_like(zero.advantage)
-    out = batched.prompt_scores(model, zero, coords, "exact", val_grads=val)
+    out = gradients.prompt_scores(model, zero, coords, "exact", val_grads=val)
     assert bool(out["zero_grad"].all()) and bool((out["norms"] == 0).all()) and bool((out["kl"] > 0).all())
-    out = batched.prompt_scores(model, batch, coords, "projected", proj_dim=32)
+    out = gradients.prompt_scores(model, batch, coords, "projected", proj_dim=32)
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     assert all(not m._forward_hooks for m in model.modules())
     model.eval()
@@ -256,12 +256,12 @@ def test_make_batch_groups_pads_and_rejects_bad_rows():
 
 def test_chunked_head_equals_reference(model, batch, coords, val):
     """Head logits formed 3 positions at a time (so [G, T, vocab] never exists) change nothing."""
-    fast = flatten(batched.prompt_scores(model, batch, coords, "raw", head_chunk_tokens=3)["grads"], coords)
+    fast = flatten(gradients.prompt_scores(model, batch, coords, "raw", head_chunk_tokens=3)["grads"], coords)
     slow = flatten(reference.prompt_scores(model, batch, coords, "raw")["grads"], coords)
     # float32 partial sums over chunks of 3 positions: a few 1e-6, against < 1e-6 in one chunk
     assert float(_rel(fast, slow).max()) < 5e-6
-    a = batched.prompt_scores(model, batch, coords, "exact", val_grads=val, head_chunk_tokens=3)
-    b = batched.prompt_scores(model, batch, coords, "exact", val_grads=val)
+    a = gradients.prompt_scores(model, batch, coords, "exact", val_grads=val, head_chunk_tokens=3)
+    b = gradients.prompt_scores(model, batch, coords, "exact", val_grads=val)
     assert float(_rel(a["norms"][:, None], b["norms"][:, None]).max()) < 5e-6  # the same partial sums (4e-6 seen on AMD EPYC)
     # the head GEMM on 3 rows or on all of them rounds differently (BLAS kernels differ by shape)
     torch.testing.assert_close(a["kl"], b["kl"], rtol=1e-5, atol=1e-6)
@@ -277,7 +277,7 @@ def _budget_rows(seed):
 
 
 def test_plan_passes_packs_whole_prompts_and_splits_only_oversized_ones():
-    from cropi.influence.batch import plan_passes
+    from cropi.influence.trajectories import plan_passes
 
     rows = _budget_rows(1)
     length = {id(r): len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows}
@@ -299,17 +299,17 @@ def test_plan_passes_packs_whole_prompts_and_splits_only_oversized_ones():
 
 @pytest.mark.parametrize("mode", ["raw", "exact", "projected"])
 def test_split_prompt_equals_whole_prompt(model, coords, val, mode):
-    from cropi.influence.batch import plan_passes
+    from cropi.influence.trajectories import plan_passes
 
     rows = _budget_rows(2)
     pid = max({r["prompt_id"] for r in rows} - set(ZERO_IDS), key=lambda p: sum(r["prompt_id"] == p for r in rows))
     mine = [r for r in rows if r["prompt_id"] == pid]
     assert len(mine) >= 3
     kw = dict(val_grads=val, proj_dim=64, seed=5)
-    whole = batched.prompt_scores(model, make_batch(mine, 0)[0], coords, mode, **kw)
+    whole = gradients.prompt_scores(model, make_batch(mine, 0)[0], coords, mode, **kw)
     parts = plan_passes(mine, 2 * max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in mine) - 1)
     assert len(parts) >= 2 and all(g == {pid: len(mine)} for _, g in parts)  # split: no pass holds two longest rows
-    split = batched.split_prompt_scores(model, [make_batch(p, 0, g)[0] for p, g in parts], coords, mode, **kw)
+    split = gradients.split_prompt_scores(model, [make_batch(p, 0, g)[0] for p, g in parts], coords, mode, **kw)
     if mode == "raw":
         assert float(_rel(flatten(split["grads"], coords), flatten(whole["grads"], coords)).max()) < 1e-6
     elif mode == "exact":

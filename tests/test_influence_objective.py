@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cropi.influence.batch import TrajectoryBatch
+from cropi.influence.trajectories import TrajectoryBatch
 from cropi.influence.objective import buffer_drift, kl_from_behavior_samples, token_weights
 from tests.support.reference_engine import k3, prompt_kl, prompt_objective
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "cropi"
 
 ENGINES = ("ray", "deepspeed", "vllm")
 # pure tensor-in/tensor-out: never a Ray, DeepSpeed or vLLM import
-MATH = ("algo", "influence.batch", "influence.batched", "influence.capture", "influence.coords", "influence.layout",
+MATH = ("algo", "influence.trajectories", "influence.gradients", "influence.capture", "influence.coords", "influence.layout",
         "influence.objective", "influence.params", "influence.passes", "influence.projection", "selection.fusion",
         "selection.scoring", "selection.select", "selection.baselines", "compare.stats", "compare.hypotheses",
         "compare.summary")

@@ -2,12 +2,12 @@
 
 Pure torch, no Ray: Ray actors call these functions and stay thin.
 
-    batch, ids = batch.make_batch(rows, pad_id)                       # TrajectoryBatch, prompt ids
+    batch, ids = trajectories.make_batch(rows, pad_id)                # TrajectoryBatch, prompt ids
     coords = coords.sample_coordinates(model, "linear", 0.1, seed)    # {layer: sorted flat indices}
-    v = batched.validation_mean_gradient(model, val_batches, coords, "float32")   # {layer: [S_l]}
-    out = batched.prompt_scores(model, batch, coords, "exact", val_grads={"add": v}, grad_dtype="float32")
+    v = gradients.validation_mean_gradient(model, val_batches, coords, "float32")   # {layer: [S_l]}
+    out = gradients.prompt_scores(model, batch, coords, "exact", val_grads={"add": v}, grad_dtype="float32")
         # 'dots' {set: [P]}, 'norms' [P]; cosine = dots / (norms * ||v||)
-    out = batched.prompt_scores(model, batch, coords, "projected", proj_dim=1024,
+    out = gradients.prompt_scores(model, batch, coords, "projected", proj_dim=1024,
                                 proj_kind="rademacher", seed=proj_seed)            # 'projected' [P, k]
         # every mode also returns 'kl' [P], 'num_tokens' [P], 'objective' [P], 'zero_grad' [P]
 
@@ -22,8 +22,9 @@ Seeds: the coordinate seed (sample_coordinates) and the projection seed (prompt_
 separate arguments; pass different derived seeds. Projections are reproducible bit for bit for a
 device type (CPU and CUDA generators differ), whatever the batch split or process.
 
-Modules: batch (input rows), objective (J, the KL and the drift), params (which weights), coords
+Modules: trajectories (input rows), objective (J, the KL and the drift), params (which weights), coords
 (sparse sampling), layout (token grouping), capture (per-layer per-prompt gradients from hooks),
-projection (seeded block-wise int8 projection), batched (the engine), actor (the Ray stage).
+projection (seeded block-wise int8 projection), gradients (the engine: every prompt's gradient
+in one backward), passes (buffer rows -> columns under a token budget), actor (the Ray stage).
 The slow obvious check, one plain backward per prompt, is tests/support/reference_engine.py.
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from cropi.model.sequences import token_logp  # the shared log-prob primitive (re-exported for the engine)
+from cropi.model.sequences import token_logp  # noqa: F401  (the shared log-prob primitive, re-exported for the engine)
 
 
 def token_weights(target_mask: torch.Tensor, advantage: torch.Tensor, prompt_index: torch.Tensor,

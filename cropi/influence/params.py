@@ -14,7 +14,7 @@ gradient is row-sparse (only the tokens present) and huge, so it mostly adds noi
 
 Tied embeddings (Qwen2.5-0.5B/1.5B): lm_head.weight *is* the input embedding matrix. Under
 `linear` its gradient is the full gradient of that shared matrix, both uses included, exactly as
-`.grad` would give it; the batched engine adds the input-side term itself (see batched.py).
+`.grad` would give it; the batched engine adds the input-side term itself (see gradients.py).
 
 Layers are keyed by module name (`model.layers.0.self_attn.q_proj`) and always listed in
 `named_modules()` order; that order defines the flattened gradient vector.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cropi.influence.batch import make_batch, plan_passes
-from cropi.influence.batched import prompt_scores, split_prompt_scores, validation_mean_gradient
+from cropi.influence.trajectories import make_batch, plan_passes
+from cropi.influence.gradients import prompt_scores, split_prompt_scores, validation_mean_gradient
 
 
 def passes(rows: list[dict], pad_id: int, max_tokens: int) -> list[tuple]:

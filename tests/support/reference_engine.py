@@ -3,7 +3,7 @@
 For each prompt: run the model's ordinary forward on that prompt's trajectories alone (full
 logits), J(s0) from objective.py, J.backward() into the parameters' .grad, flatten each chosen
 weight's .grad, index the sampled coordinates, concatenate, cast to grad_dtype, then project or
-dot. Same signature and outputs as cropi.influence.batched.prompt_scores; the tests hold the
+dot. Same signature and outputs as cropi.influence.gradients.prompt_scores; the tests hold the
 batched engine to it. Also here: the dense [N, L] forms of the objective and the drift KL that
 the reference uses (the engine computes them on its grouped layout), and the trainer's k3.
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 
 from cropi.errors import CropiError
-from cropi.influence.batch import TrajectoryBatch
-from cropi.influence.batched import MODES, _dtype, _with_grad
-from cropi.influence.batched import prompt_scores as engine_prompt_scores
+from cropi.influence.trajectories import TrajectoryBatch
+from cropi.influence.gradients import MODES, _dtype, _with_grad
+from cropi.influence.gradients import prompt_scores as engine_prompt_scores
 from cropi.influence.coords import flatten
 from cropi.influence.objective import kl_from_behavior_samples, offpolicy_objective, token_logp, token_weights
 from cropi.influence.projection import project

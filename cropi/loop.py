@@ -231,10 +231,10 @@ class _Run:
 
         if _buffer_complete(self.cfg):  # checked again (cheap), but not timed as building it
             t0 = time.time()
-            build_buffer(self.cfg, progress=False, log=self.log)
+            build_buffer(self.cfg, progress=False, log=self.log, data=(self.pool, self.val))
             self.log(f"buffer: complete, skipped (checked in {time.time() - t0:.1f} s)")
         else:
-            self.stage("buffer", lambda: build_buffer(self.cfg, log=self.log))
+            self.stage("buffer", lambda: build_buffer(self.cfg, log=self.log, data=(self.pool, self.val)))
 
     def influence(self, m: int) -> dict:
         from cropi.influence.actor import gradient_pool, run_influence
@@ -303,7 +303,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.store.run_record import check_run, record_start
 
     strategy = method_of(method)
-    check_device(cfg)
+    check_device(cfg)  # before the run record is written: a bad device leaves nothing behind
     check_model_dir(cfg.model.path)
     pool, val = load_data(cfg)
     paths = RunPaths.of(cfg)

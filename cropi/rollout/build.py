@@ -30,17 +30,21 @@ def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) ->
     return specs
 
 
-def build_buffer(cfg, progress: bool = True, log=print) -> dict:
+def build_buffer(cfg, progress: bool = True, log=print, data: tuple | None = None) -> dict:
     """Build (or finish) RUN_DIR/buffer; returns the completed manifest. Shards already written
     are checked (footer, row count): a damaged one is rolled out again while the buffer is being
-    built, and refused once the buffer is complete (cropi.store.files.shards_to_write)."""
+    built, and refused once the buffer is complete (cropi.store.files.shards_to_write).
+    `data`: the (train, val) of cropi.data.suite.load_data, from a caller that loaded them and
+    checked the device and model directory (the loop); without it this function does both."""
     from cropi.ray_utils import check_device
 
-    check_device(cfg)
-    check_model_dir(cfg.model.path)
+    if data is None:
+        check_device(cfg)
+        check_model_dir(cfg.model.path)
+        data = load_data(cfg)
     load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
     load_reward(cfg.data)
-    train, val = load_data(cfg)
+    train, val = data
     specs = plan_shards(cfg, train, targeted(cfg, val))
     bdir = RunPaths.of(cfg).buffer
     fresh = not (bdir / "manifest.json").is_file()

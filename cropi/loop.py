@@ -270,7 +270,7 @@ class _Run:
         return with_retries(attempt, cfg.run.max_stage_retries, again)
 
     def phase(self, m: int, method: Method) -> None:
-        from cropi.store.files import read_json_if
+        from cropi.store import records
         from cropi.store.run_record import claim_phase
 
         self.metrics.gauge("cropi_phase", m)
@@ -279,7 +279,7 @@ class _Run:
             return
         claim_phase(self.cfg, m, method.name)
         method.select(self, m)
-        sel = read_json_if(self.paths.selection_summary(m), "selection summary")
+        sel = records.read_if(records.SELECTION_SUMMARY, self.paths.selection_summary(m))
         if sel:
             self.trackers.on_selection(m, sel)
         summary = self.stage("train", lambda: self.train(m), m)
@@ -299,7 +299,7 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     from cropi.data.suite import load_data
     from cropi.model.loading import check_model_dir
     from cropi.ray_utils import check_device, ray_session
-    from cropi.store.files import write_json
+    from cropi.store import records
     from cropi.store.run_record import check_run, record_start
 
     strategy = method_of(method)
@@ -322,5 +322,5 @@ def run_loop(cfg, method: str = "cropi", log=print) -> dict:
             run.report()
     result = {"method": method, "run_dir": str(paths.root), "stage_seconds": run.timings,
               "final_checkpoint": str(paths.checkpoint(cfg.run.num_phases - 1))}
-    write_json(result, paths.run_result)
+    records.write(records.RUN_RESULT, result, paths.run_result)
     return result

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from cropi.store.files import append_jsonl
+from cropi.store import records
 
 # name -> (description, label keys besides `run`)
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -82,7 +82,7 @@ class RunMetrics:
             self._thread.join(timeout=10)
 
     def event(self, kind: str, **fields) -> None:
-        append_jsonl({"time": round(time.time(), 3), "event": kind, **fields}, self.path)
+        records.append(records.EVENT, {"time": round(time.time(), 3), "event": kind, **fields}, self.path)
 
     def on_step(self, m: dict) -> None:
         """Called by the trainer after every GRPO step."""

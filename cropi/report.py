@@ -14,7 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cropi.status import run_status
-from cropi.store.files import read_json, read_jsonl, write_text
+from cropi.store import records
+from cropi.store.files import write_text
 from cropi.store.paths import RunPaths
 
 
@@ -24,7 +25,7 @@ def _validation_curves(paths: RunPaths, out: Path) -> dict:
     series: dict[str, list[tuple[int, float]]] = {}
     offset = 0
     for m in paths.phases():
-        tm = read_jsonl(paths.train_metrics(m))
+        tm = records.rows(records.TRAIN_METRICS_ROW, paths.train_metrics(m))
         for m in tm:
             for k, v in m.items():
                 if k.startswith("val_pass@1/"):
@@ -45,7 +46,7 @@ def _validation_curves(paths: RunPaths, out: Path) -> dict:
 
 def _timings(paths: RunPaths, out: Path) -> dict:
     stages: dict[tuple, float] = {}
-    for e in read_jsonl(paths.metrics):
+    for e in records.rows(records.EVENT, paths.metrics):
         if e.get("event") == "stage":
             group = "all" if e["phase"] is None else f"phase-{e['phase']}"
             up = float(e.get("startup_seconds") or 0.0)  # actors starting, models loading: not the stage's work
@@ -80,7 +81,7 @@ def write_report(run_dir: str | Path) -> Path:
     val = _validation_curves(paths, out / "validation.png")
     times = _timings(paths, out / "timings.png")
     done = [m for m in paths.phases() if paths.selection_summary(m).is_file()]
-    summaries = [read_json(paths.selection_summary(m), "selection summary") for m in done]
+    summaries = [records.read(records.SELECTION_SUMMARY, paths.selection_summary(m)) for m in done]
     sel_line = "no influence-guided selection in this run"
     if summaries:
         from cropi.store.selection import read_selection

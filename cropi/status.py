@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cropi.errors import CropiError
-from cropi.store.files import read_json, read_json_if, read_jsonl
+from cropi.store import records
+from cropi.store.files import read_json, read_json_if
 from cropi.store.paths import SHARD_GLOB, RunPaths
 
 
@@ -37,11 +38,11 @@ def run_status(run_dir: str | Path) -> str:
         elif idir.is_dir():
             parts.append(f"influence {len(list((idir / 'train').glob(SHARD_GLOB)))} shards")
         if paths.selection_summary(m).is_file():
-            s = read_json(paths.selection_summary(m), "selection summary")
+            s = records.read(records.SELECTION_SUMMARY, paths.selection_summary(m))
             parts.append(f"selected {s['selected']}/{s['pool_size']}")
         elif paths.selection(m).is_file():
             parts.append("baseline selection")
-        tm = read_jsonl(paths.train_metrics(m))
+        tm = records.rows(records.TRAIN_METRICS_ROW, paths.train_metrics(m))
         if tm:
             last = tm[-1]
             val = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("val_pass@1/")}

@@ -111,7 +111,7 @@ def test_live_train_shards_read_the_latest_reroll(tmp_path):
     write_json({"complete": True, "splits": ["train"]}, b / "manifest.json")
     assert [p.parent for p in live_train_shards(cfg, 2)] == [b / "train"] * 2
     for m in (0, 1):
-        write_json({"prompts": 2}, rebuffer_dir(cfg, m) / "manifest.json")
+        write_json({"phase": m, "kl_before": 0.5, "prompts": 2, "shards": []}, rebuffer_dir(cfg, m) / "manifest.json")
     assert rebuffered_phases(cfg, 2) == [0, 1] and rebuffered_phases(cfg, 0) == [0]
     assert [p.parent for p in live_train_shards(cfg, 2)] == [rebuffer_dir(cfg, 1)] * 2
     assert [p.parent for p in live_train_shards(cfg, 0)] == [rebuffer_dir(cfg, 0)] * 2
@@ -159,8 +159,10 @@ def _write_arm(root, seed, arm, cfg_over, pool, val):
         sel = [i in ids[:4] for i in ids] if arm != "full" else [True] * len(ids)
         write_selection(baseline_table(ids, sel), d / f"phase-{m}" / "selection.parquet")
         if arm == "cropi":
-            write_json({"kl_drift": 0.01 * (m + 1)}, d / f"phase-{m}" / "influence" / "manifest.json")
-    write_json({"method": method, "stage_seconds": stage}, d / "run_result.json")
+            write_json({"mode": "exact", "sets": list(val), "num_train_shards": 1, "kl_drift": 0.01 * (m + 1)},
+                       d / f"phase-{m}" / "influence" / "manifest.json")
+    write_json({"method": method, "run_dir": str(d), "stage_seconds": stage, "final_checkpoint": str(d)},
+               d / "run_result.json")
 
 
 def summarise_runs(root, seed, arm):

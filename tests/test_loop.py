@@ -87,6 +87,12 @@ def _check_run(run: Path, phases: int, steps: int) -> None:
             assert set(t["prompt_ids"]) <= live and len(t["prompt_ids"]) == min(3, len(live))
         assert json.loads((pdir / "phase.json").read_text())["method"] == "cropi"
     assert (run / "report" / "report.md").is_file() and (run / "report" / "validation.png").is_file()
+    # every record the run wrote carries its schema version (cropi.store.records)
+    stamped = [run / "run_result.json", run / "phase-0" / "train_summary.json", run / "phase-0" / "selection_summary.json",
+               run / "phase-0" / "influence" / "manifest.json", run / "phase-0" / "influence" / "plan.json"]
+    assert [json.loads(p.read_text())["schema_version"] for p in stamped] == [1] * len(stamped)
+    for log in (run / "metrics.jsonl", run / "phase-0" / "train_metrics.jsonl", run / "phase-0" / "eval.jsonl"):
+        assert {json.loads(x)["schema_version"] for x in log.read_text().splitlines()} == {1}, log
 
 
 def test_ray_job_submit_to_local_head(tiny_model, tmp_path):

@@ -93,9 +93,9 @@ def test_report_timings_separate_start_up_from_work(tmp_path):
     from cropi.store.paths import RunPaths
 
     paths = RunPaths(tmp_path)
-    for e in [{"event": "stage", "stage": "buffer", "phase": None, "seconds": 50.0},
-              {"event": "stage", "stage": "influence", "phase": 0, "seconds": 20.0, "startup_seconds": 8.0},
-              {"event": "stage", "stage": "train", "phase": 0, "seconds": 30.0, "startup_seconds": 12.5}]:
+    for e in [{"time": 1.0, "event": "stage", "stage": "buffer", "phase": None, "seconds": 50.0},
+              {"time": 2.0, "event": "stage", "stage": "influence", "phase": 0, "seconds": 20.0, "startup_seconds": 8.0},
+              {"time": 3.0, "event": "stage", "stage": "train", "phase": 0, "seconds": 30.0, "startup_seconds": 12.5}]:
         append_jsonl(e, paths.metrics)
     t = _timings(paths, tmp_path / "t.png")
     assert t == {"all/buffer": 50.0, "phase-0/influence": 12.0, "phase-0/influence start-up": 8.0,

@@ -64,13 +64,14 @@ def test_stable_hash_ignores_key_order():
 
 def test_selection_file_is_checked_and_its_summary_never_stale(tmp_path):
     path = tmp_path / "selection.parquet"
-    write_selection(baseline_table([3, 1, 2], [True, False, True]), path, {"selected": 2})
+    summary = {"mode": "exact", "pool_size": 3, "selected": 2}
+    write_selection(baseline_table([3, 1, 2], [True, False, True]), path, summary)
     assert selected_ids(path) == [3, 2] and selected_ids(tmp_path) == [3, 2]
-    assert json.loads((tmp_path / "selection_summary.json").read_text()) == {"selected": 2}
+    assert json.loads((tmp_path / "selection_summary.json").read_text()) == {"schema_version": 1, **summary}
     write_selection(baseline_table([1], [True]), path)  # a new table without summary drops the old one
     assert not (tmp_path / "selection_summary.json").exists()
     with pytest.raises(ValueError):  # a summary that cannot be encoded fails before any write
-        write_selection(baseline_table([1], [False]), path, {"x": float("nan")})
+        write_selection(baseline_table([1], [False]), path, {**summary, "x": float("nan")})
     assert selected_ids(path) == [1]  # the failed write left the previous selection whole
     pq.write_table(pa.table({"prompt_id": [1, 2]}), tmp_path / "bad.parquet")
     with pytest.raises(CropiError, match="bad.parquet has no selected column"):

@@ -13,7 +13,8 @@ import numpy as np
 from cropi.errors import CropiError
 from cropi.selection.baselines import NEEDS_BUFFER
 from cropi.store import influence as store_influence
-from cropi.store.files import read_json, read_json_if, read_jsonl
+from cropi.store import records
+from cropi.store.files import read_json, read_json_if
 from cropi.store.paths import RunPaths, compare_seed_dir
 
 _OVERHEAD = ("refresh", "influence", "rebuffer", "influence_after_rebuffer", "select")
@@ -59,7 +60,7 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
     """The arm's measurements; None when the run has not finished (no run_result.json)."""
     from cropi.config import from_dict
 
-    result = read_json_if(run_dir / "run_result.json", "run result")
+    result = records.read_if(records.RUN_RESULT, RunPaths(run_dir).run_result)
     if result is None:
         return None
     rec = read_json(run_dir / "run.json", "run record")
@@ -77,7 +78,7 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
         overhead = sum(stage.get(f"phase{m}/{s}", 0.0) for s in _OVERHEAD)
         r.selection_wall += overhead
         elapsed += overhead
-        metrics = read_jsonl(paths.train_metrics(m))
+        metrics = records.rows(records.TRAIN_METRICS_ROW, paths.train_metrics(m))
         if not metrics or metrics[0]["step"] != 0:
             raise CropiError(f"{paths.train_metrics(m)}: no step-0 line; the phase did not run to the end")
         by_step = {x["step"]: x for x in metrics}
@@ -88,7 +89,7 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
             wall_at[x["step"]] = elapsed + (x["wall_time"] - t0) - spent_eval
         r.eval_wall += spent_eval
         r.step_metrics += metrics[1:]
-        for e in read_jsonl(paths.eval_details(m)):
+        for e in records.rows(records.EVAL_ROW, paths.eval_details(m)):
             if "copied_from" in e or (m > 0 and e["step"] == 0):
                 continue
             if e["step"] not in by_step:
@@ -96,13 +97,13 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
             r.evals.append({"step": m * E + e["step"], "wall": wall_at[e["step"]], "sets": _float_rates(e["sets"])})
         elapsed = wall_at[max(wall_at)]
         r.selections.append(_selected(paths.selection(m)))
-        imf = read_json_if(store_influence.manifest_path(paths.influence(m)), "influence manifest")
+        imf = records.read_if(records.INFLUENCE_MANIFEST, store_influence.manifest_path(paths.influence(m)))
         if imf is not None:
-            before = read_json_if(store_influence.manifest_path(paths.influence_before_rebuffer(m)),
-                                  "influence manifest")
+            before = records.read_if(records.INFLUENCE_MANIFEST,
+                                     store_influence.manifest_path(paths.influence_before_rebuffer(m)))
             r.kl_drift.append({"phase": m, "kl": imf["kl_drift"],
                                "kl_before_rebuffer": before["kl_drift"] if before else None})
-        rb = read_json_if(paths.rebuffer_manifest(m), "rebuffer manifest")
+        rb = records.read_if(records.REBUFFER_MANIFEST, paths.rebuffer_manifest(m))
         if rb is not None:
             r.rebuffers.append({"phase": m, **{k: v for k, v in rb.items() if k != "shards"}})
     r.train_wall = elapsed - r.buffer_wall - r.selection_wall
@@ -122,7 +123,7 @@ def _buffer_wall(seed_root: Path) -> float:
     builder's; the others found it complete)."""
     best = 0.0
     for rr in seed_root.glob("*/run_result.json"):
-        best = max(best, read_json(rr, "run result").get("stage_seconds", {}).get("buffer", 0.0))
+        best = max(best, records.read(records.RUN_RESULT, rr)["stage_seconds"].get("buffer", 0.0))
     return best
 
 

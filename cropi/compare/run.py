@@ -18,8 +18,9 @@ from pathlib import Path
 
 from cropi.compare.arms import Arm
 from cropi.errors import CropiError
+from cropi.store import records
 from cropi.store.files import read_json_if, write_json
-from cropi.store.paths import compare_arm_dir, compare_seed_dir
+from cropi.store.paths import RunPaths, compare_arm_dir, compare_seed_dir
 
 
 seed_dir, arm_dir = compare_seed_dir, compare_arm_dir  # cropi.store.paths owns the layout
@@ -80,7 +81,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
         for s in seeds:
             for a in arms:
                 cfg = cfgs[(s, a.name)]
-                done = read_json_if(Path(cfg.run.dir) / "run_result.json", "run result")
+                done = records.read_if(records.RUN_RESULT, RunPaths.of(cfg).run_result)
                 if done is not None:
                     log(f"seed {s} {a.name}: complete, skipped")
                     continue

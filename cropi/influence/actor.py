@@ -25,8 +25,9 @@ from cropi import seeds
 from cropi.config import INFLUENCE
 from cropi.errors import CropiError
 from cropi.store import influence as store
+from cropi.store import records
 from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
-from cropi.store.files import shards_to_write, read_json, read_json_if, remove_stale_tmp, write_json
+from cropi.store.files import remove_stale_tmp, shards_to_write
 from cropi.hashing import stable_hash
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
@@ -165,15 +166,15 @@ def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
     idir = RunPaths.of(cfg).influence(phase)
     rebuffered = rebuffered_phases(cfg, phase)
     want = influence_hash(cfg, ckpt, rebuffered)
-    plan = read_json_if(store.plan_path(idir), "influence plan")
+    plan = records.read_if(records.INFLUENCE_PLAN, store.plan_path(idir))
     if plan is not None and plan.get("hash") != want:
         raise CropiError(f"{idir} was computed with another influence config, checkpoint or buffer; "
                          "delete it to recompute")
     if store.manifest_path(idir).is_file():
-        return read_json(store.manifest_path(idir), "influence manifest")
+        return records.read(records.INFLUENCE_MANIFEST, store.manifest_path(idir))
     inf, t0 = cfg.influence, time.time()
     fresh = refreshed_shards(cfg, phase) if inf.refresh_zero_grad else {}
-    write_json({"hash": want, "checkpoint": ckpt}, store.plan_path(idir))
+    records.write(records.INFLUENCE_PLAN, {"hash": want, "checkpoint": ckpt}, store.plan_path(idir))
     shards = live_train_shards(cfg, phase)
     kept = pool is not None
     with contextlib.ExitStack() as scope:
@@ -223,4 +224,4 @@ def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
                          kl_stale_threshold=inf.kl_stale_threshold, buffer_stale=drift > inf.kl_stale_threshold,
                          rebuffered_at=rebuffered, startup_seconds=round(startup, 2),
                          seconds=round(time.time() - t0, 2))
-    return read_json(store.manifest_path(idir), "influence manifest")
+    return records.read(records.INFLUENCE_MANIFEST, store.manifest_path(idir))

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from cropi.data.dataset import PromptRow
 from cropi.store.buffer import ShardSpec, complete_manifest, train_shards
-from cropi.store.files import shards_to_write, read_json_if, remove_stale_tmp, write_json
+from cropi.store import records
+from cropi.store.files import remove_stale_tmp, shards_to_write
 from cropi.store.paths import RunPaths, phase_start_checkpoint
 
 
@@ -56,12 +57,12 @@ def refresh_zero_grad(cfg, phase: int, pool: list[PromptRow], log=print) -> dict
         log(f"phase {phase}: re-rolled {sum(len(s.rows) for s, _ in todo)} zero-gradient prompts with theta_{phase}")
     manifest = {"prompts": sum(len(s.rows) for s, _ in specs), "shards": sorted(p.name for _, p in specs)}
     remove_stale_tmp(RunPaths.of(cfg).refresh(phase))  # left by a writer killed mid-write
-    write_json(manifest, RunPaths.of(cfg).refresh_manifest(phase))
+    records.write(records.REFRESH_MANIFEST, manifest, RunPaths.of(cfg).refresh_manifest(phase))
     return {**manifest, "new": sum(len(s.rows) for s, _ in todo)}
 
 
 def read_refresh_manifest(cfg, phase: int) -> dict | None:
-    return read_json_if(RunPaths.of(cfg).refresh_manifest(phase), "refresh manifest")
+    return records.read_if(records.REFRESH_MANIFEST, RunPaths.of(cfg).refresh_manifest(phase))
 
 
 def refreshed_shards(cfg, phase: int) -> dict[str, Path]:
@@ -90,7 +91,7 @@ def rebuffer_dir(cfg, phase: int) -> Path:
 
 
 def read_rebuffer_manifest(cfg, phase: int) -> dict | None:
-    return read_json_if(RunPaths.of(cfg).rebuffer_manifest(phase), "rebuffer manifest")
+    return records.read_if(records.REBUFFER_MANIFEST, RunPaths.of(cfg).rebuffer_manifest(phase))
 
 
 def rebuffered_phases(cfg, phase: int) -> list[int]:
@@ -132,5 +133,5 @@ def rebuffer(cfg, phase: int, pool: list[PromptRow], kl: float, log=print) -> di
     manifest = {"phase": phase, "kl_before": kl, "threshold": cfg.influence.kl_refresh_threshold,
                 "prompts": sum(len(s.rows) for s, _ in jobs), "shards": sorted(p.name for _, p in jobs)}
     remove_stale_tmp(out)
-    write_json(manifest, out / "manifest.json")
+    records.write(records.REBUFFER_MANIFEST, manifest, RunPaths.of(cfg).rebuffer_manifest(phase))
     return manifest

@@ -6,7 +6,7 @@ import ray
 
 from cropi import seeds
 from cropi.data.dataset import PromptRow
-from cropi.store.files import read_json
+from cropi.store import records
 from cropi.store.paths import RunPaths
 
 
@@ -20,7 +20,7 @@ def select_phase(cfg, phase: int, pool: list[PromptRow]) -> dict:
     prev = paths.selection(phase - 1) if phase > 0 else None
     summary = run_selection(paths.influence(phase), pool, cfg.selection, seeds.val_targets(cfg.run.seed),
                             paths.phase(phase), prev if prev is not None and prev.is_file() else None)
-    summaries = [read_json(paths.selection_summary(m), "selection summary") for m in range(phase + 1)
+    summaries = [records.read(records.SELECTION_SUMMARY, paths.selection_summary(m)) for m in range(phase + 1)
                  if paths.selection_summary(m).is_file()]
     plot_selection(paths.selection(phase), summaries, paths.selection_plot(phase))
     return summary

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from cropi.errors import CropiError
+from cropi.store import records
 from cropi.store.files import read_json, write_json, write_table
 from cropi.store.paths import SHARD_GLOB, shard_name
 
@@ -93,7 +94,7 @@ def write_shard(table: pa.Table, path: str | Path) -> Path:
 def write_manifest(influence_dir: str | Path, mode: str, sets: list[str], num_train_shards: int,
                    proj_dim: int | None = None, **extra) -> Path:
     body = {"mode": mode, "sets": list(sets), "proj_dim": proj_dim, "num_train_shards": num_train_shards, **extra}
-    return write_json(body, manifest_path(influence_dir))
+    return records.write(records.INFLUENCE_MANIFEST, body, manifest_path(influence_dir))
 
 
 def write_val_targets(influence_dir: str | Path, targets: dict[str, dict]) -> Path:
@@ -118,7 +119,7 @@ class Manifest:
 def read_manifest(influence_dir: str | Path) -> Manifest:
     d = Path(influence_dir)
     path = manifest_path(d)
-    raw = read_json(path, "influence manifest")
+    raw = records.read(records.INFLUENCE_MANIFEST, path)
     mode, sets, n = raw.get("mode"), raw.get("sets"), raw.get("num_train_shards")
     if mode not in MODES:
         raise CropiError(f"{path}: field 'mode' must be one of {list(MODES)}, got {mode!r}")

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from cropi.errors import CropiError
-from cropi.store.files import write_json, write_table
+from cropi.store import records
+from cropi.store.files import write_table
 
 SELECTION_FILE = "selection.parquet"
 SUMMARY_FILE = "selection_summary.json"
@@ -34,11 +35,12 @@ def write_selection(table: pa.Table, path: str | Path, summary: dict | None = No
     if summary is not None:
         import json
 
-        json.dumps(summary, allow_nan=False)  # fails here, not between the two writes
+        json.dumps(records.SELECTION_SUMMARY.stamped(summary, str(summary_path)), allow_nan=False)  # fails here,
+        # not between the two writes
     summary_path.unlink(missing_ok=True)
     write_table(table, p)
     if summary is not None:
-        write_json(summary, summary_path)
+        records.write(records.SELECTION_SUMMARY, summary, summary_path)
     return p
 
 

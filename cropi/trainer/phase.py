@@ -23,7 +23,7 @@ from cropi.algo.schedule import lr_at
 from cropi.algo.grpo import normaliser
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError
-from cropi.store.files import append_jsonl, read_jsonl, write_json, write_jsonl
+from cropi.store import records
 from cropi.store.paths import RunPaths
 from cropi.trainer import batching
 
@@ -65,7 +65,8 @@ def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int, details: 
         res[name] = float(rates.mean())
         per_prompt[name] = {"prompt_ids": [r.prompt_id for r in rows], "pass_rate": [round(x, 4) for x in rates.tolist()]}
     if details is not None:
-        append_jsonl({"phase": phase, "step": step, "samples": cfg.trainer.eval_samples, "sets": per_prompt}, details)
+        records.append(records.EVAL_ROW, {"phase": phase, "step": step, "samples": cfg.trainer.eval_samples,
+                                          "sets": per_prompt}, details)
     return res
 
 
@@ -105,11 +106,11 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
     finally:
         if own:
             services.close()
-    all_m = read_jsonl(metrics_path)
+    all_m = records.rows(records.TRAIN_METRICS_ROW, metrics_path)
     summary = {"phase": phase, "steps": steps, "resumed_from_step": step0, "startup_seconds": startup,
                "wall_seconds": time.time() - t_start, "checkpoint": str(ckpt),
                "final_val_pass@1": {k: all_m[-1][f"val_pass@1/{k}"] for k in read_val_names(all_m[-1])}}
-    write_json(summary, paths.train_summary(phase))
+    records.write(records.TRAIN_SUMMARY, summary, paths.train_summary(phase))
     return summary
 
 
@@ -124,12 +125,13 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         link.push()
         log(f"phase {phase}: resumed from DeepSpeed checkpoint {tag} (step {step0})")
     # keep the metrics (and evaluations) of the steps that the checkpoint covers; the rest are redone
-    write_jsonl(covered(read_jsonl(metrics_path), step0), metrics_path)
+    records.rewrite(records.TRAIN_METRICS_ROW, covered(records.rows(records.TRAIN_METRICS_ROW, metrics_path), step0),
+                    metrics_path)
     details = RunPaths.of(cfg).eval_details(phase)
-    write_jsonl(covered(read_jsonl(details), step0), details)
+    records.rewrite(records.EVAL_ROW, covered(records.rows(records.EVAL_ROW, details), step0), details)
     if step0 == 0 and not t.val_before_train:  # verl's val_before_train false: step 0 is logged, not evaluated
         m0 = {"phase": phase, "step": 0, "wall_time": time.time()}
-        append_jsonl(m0, metrics_path)
+        records.append(records.TRAIN_METRICS_ROW, m0, metrics_path)
         on_step(m0)
     elif step0 == 0:
         ev = _carried_eval(cfg, phase, start_ckpt, details)
@@ -137,7 +139,7 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
             ev = evaluate(engines, val, cfg, 0, details, phase)
         m0 = {"phase": phase, "step": 0, "wall_time": time.time(), **{f"val_pass@1/{k}": v for k, v in ev.items()},
               **{f"val-core/{k}/reward/mean@{cfg.trainer.eval_samples}": v for k, v in ev.items()}}
-        append_jsonl(m0, metrics_path)
+        records.append(records.TRAIN_METRICS_ROW, m0, metrics_path)
         on_step(m0)
         log(f"phase {phase} step 0: validation pass@1 " + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     for step in range(step0 + 1, steps + 1):
@@ -146,7 +148,7 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         if step % t.save_every == 0 or step == steps or stop:
             group.save_state(str(state_dir), step)
         m["wall_time"] = time.time()
-        append_jsonl(m, metrics_path)
+        records.append(records.TRAIN_METRICS_ROW, m, metrics_path)
         on_step(m)
         log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
             f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))
@@ -171,14 +173,15 @@ def _carried_eval(cfg, phase: int, start_ckpt: str, details: Path) -> dict[str, 
     paths = RunPaths.of(cfg)
     if phase == 0 or Path(start_ckpt).resolve() != paths.checkpoint(phase - 1).resolve():
         return None
-    prev = [e for e in read_jsonl(paths.eval_details(phase - 1)) if "copied_from" not in e]
-    last = read_jsonl(paths.train_metrics(phase - 1))
+    prev = [e for e in records.rows(records.EVAL_ROW, paths.eval_details(phase - 1)) if "copied_from" not in e]
+    last = records.rows(records.TRAIN_METRICS_ROW, paths.train_metrics(phase - 1))
     if not prev or not last or prev[-1]["step"] != last[-1]["step"]:
         return None
     e = prev[-1]
     if e.get("samples") != cfg.trainer.eval_samples or sorted(e["sets"]) != sorted(read_val_names(last[-1])):
         return None
-    append_jsonl({**e, "phase": phase, "step": 0, "copied_from": {"phase": phase - 1, "step": e["step"]}}, details)
+    records.append(records.EVAL_ROW, {**e, "phase": phase, "step": 0, "copied_from": {"phase": phase - 1, "step": e["step"]}},
+                   details)
     return {name: last[-1][f"val_pass@1/{name}"] for name in e["sets"]}
 
 

@@ -20,6 +20,7 @@ Usage: .venv/bin/python -m benchmarks.phase_startup [--models tiny,100m] [--serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -34,14 +35,23 @@ def _stats(xs: list[float]) -> dict:
             "min": round(min(xs), 3), "max": round(max(xs), 3)}
 
 
+@contextlib.contextmanager
+def second_copy(model: str):
+    """The same weights under another directory: a phase start that must reload."""
+    other = Path(tempfile.mkdtemp(prefix="cropi-ckpt-", dir="/var/tmp"))
+    try:
+        shutil.copytree(model, other, dirs_exist_ok=True)
+        yield str(other)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
 def measure(name: str, model: str, repeats: int) -> dict:
     from cropi.config import load_config
     from cropi.trainer.services import TrainingServices
 
     cfg = load_config("configs/tiny-cpu.yaml", [f"model.path={model}"])
-    other = Path(tempfile.mkdtemp(prefix="cropi-ckpt-", dir="/var/tmp"))
-    try:
-        shutil.copytree(model, other, dirs_exist_ok=True)
+    with second_copy(model) as other:
         fresh = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -54,13 +64,11 @@ def measure(name: str, model: str, repeats: int) -> dict:
             for i in range(repeats):
                 # as in a run: the engines hold the start checkpoint already (the previous phase synced
                 # its last step and saved it; phase_saved says so), so a phase costs the rank rebuild
-                target = str(other) if i % 2 == 0 else model
+                target = other if i % 2 == 0 else model
                 s.phase_saved(target)
                 kept.append(s.begin_phase(target))
             for i in range(repeats):  # engines holding other weights (a phase after a crash): + one sync
-                kept_synced.append(s.begin_phase(str(other) if i % 2 == 0 else model))
-    finally:
-        shutil.rmtree(other, ignore_errors=True)
+                kept_synced.append(s.begin_phase(other if i % 2 == 0 else model))
     row = {"model": name, "fresh_per_phase": _stats(fresh), "kept_alive_per_phase": _stats(kept),
            "kept_alive_with_sync": _stats(kept_synced)}
     row["kept_over_fresh_median"] = round(row["kept_alive_per_phase"]["median"] / row["fresh_per_phase"]["median"], 4)
@@ -74,9 +82,7 @@ def measure_gradients(name: str, model: str, repeats: int) -> dict:
     from cropi.influence.actor import gradient_pool
 
     cfg = load_config("configs/tiny-cpu.yaml", [f"model.path={model}"])
-    other = Path(tempfile.mkdtemp(prefix="cropi-ckpt-", dir="/var/tmp"))
-    try:
-        shutil.copytree(model, other, dirs_exist_ok=True)
+    with second_copy(model) as other:
         fresh = []
         for i in range(repeats):
             t0 = time.perf_counter()
@@ -88,12 +94,10 @@ def measure_gradients(name: str, model: str, repeats: int) -> dict:
             pool.each(lambda a: a.coverage.remote(model))
             for i in range(repeats):
                 pool.each(lambda a: a.release.remote())  # the end of a phase's influence stage
-                target = str(other) if i % 2 == 0 else model
+                target = other if i % 2 == 0 else model
                 t0 = time.perf_counter()
                 pool.each(lambda a: a.coverage.remote(target))
                 kept.append(time.perf_counter() - t0)
-    finally:
-        shutil.rmtree(other, ignore_errors=True)
     row = {"model": name, "service": "influence", "actors": cfg.resources.influence.num_actors,
            "fresh_per_phase": _stats(fresh), "kept_alive_per_phase": _stats(kept)}
     row["kept_over_fresh_median"] = round(row["kept_alive_per_phase"]["median"] / row["fresh_per_phase"]["median"], 4)

@@ -25,6 +25,11 @@ class WorkerDied(CropiError):
     can be redone from what it saved (cropi.loop retries training within the job)."""
 
 
+class WorkerHung(WorkerDied):
+    """A stage's actor stopped answering (a stuck collective, a stopped process) for longer than
+    run.hang_timeout_s: it was killed, and the stage is redone as after a death."""
+
+
 class StorageError(CropiError):
     """Writing a run file failed in the file system (no space left, quota, read-only, permission):
     the file named was not written and earlier outputs are whole; a rerun resumes once it is fixed."""

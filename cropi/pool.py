@@ -44,6 +44,7 @@ class WorkerPool:
         if len(bundles) != count:
             raise CropiError(f"{what}: {count} actors need {count} bundles, got {len(bundles)}")
         self.actors: list = []
+        self.names = [f"{name}-{i}" for i in range(count)]
         options = with_log_env(options)
         try:
             for i, b in enumerate(bundles):
@@ -73,6 +74,19 @@ class WorkerPool:
             self.placement.remove()
             self.placement = None
 
+    def _hung(self, stuck: list, timeout_s: float, what: str) -> CropiError:
+        """Kill the actors that did not answer (ray.kill also ends a stopped process) and say which."""
+        import ray
+
+        from cropi.errors import WorkerHung
+
+        names = [self.names[self.actors.index(a)] for a in stuck]
+        for a in stuck:
+            ray.kill(a, no_restart=True)
+        return WorkerHung(f"{self.what}: {', '.join(names)} did not answer {what} within run.hang_timeout_s = "
+                          f"{timeout_s:g} s (hung: a stuck collective or a stopped process) and "
+                          f"{'was' if len(names) == 1 else 'were'} killed; " + self.on_death)
+
     def _died(self, e: Exception, item: Any, describe: Callable[[Any], str]) -> CropiError:
         from cropi.errors import WorkerDied
 
@@ -80,9 +94,12 @@ class WorkerPool:
                           + self.on_death)
 
     def map(self, call: Callable[[Any, Any], Any], items: Sequence, on_done: Callable[[Any, Any], None] | None = None,
-            describe: Callable[[Any], str] = str) -> list:
+            describe: Callable[[Any], str] = str, timeout_s: float = 0.0) -> list:
         """call(actor, item) -> ObjectRef for every item, at most one in flight per actor;
-        results in item order. on_done(item, result) runs as each finishes."""
+        results in item order. on_done(item, result) runs as each finishes. timeout_s > 0: an
+        item that takes longer marks its actor hung (killed, WorkerHung)."""
+        import time
+
         import ray
 
         from cropi.ray_utils import get
@@ -94,9 +111,15 @@ class WorkerPool:
         while queue or pending:
             while queue and idle:
                 actor, i = idle.pop(), queue.pop(0)
-                pending[call(actor, items[i])] = (actor, i)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            actor, i = pending.pop(done[0])
+                pending[call(actor, items[i])] = (actor, i, time.monotonic())
+            wait = None if timeout_s <= 0 else \
+                max(0.0, min(t for *_, t in pending.values()) + timeout_s - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+            if not done:
+                late = [a for a, i, t in pending.values() if time.monotonic() - t >= timeout_s * 0.999]
+                raise self._hung(late, timeout_s, "on " + ", ".join(describe(items[i]) for a, i, _ in pending.values()
+                                                                     if a in late))
+            actor, i, _ = pending.pop(done[0])
             try:
                 results[i] = get(done[0])
             except ray.exceptions.RayActorError as e:
@@ -106,18 +129,26 @@ class WorkerPool:
             idle.append(actor)
         return results
 
-    def each(self, call: Callable[..., Any], items: Sequence | None = None) -> list:
+    def each(self, call: Callable[..., Any], items: Sequence | None = None, timeout_s: float = 0.0,
+             what: str = "a collective call") -> list:
         """call(actor) -- or call(actor, items[i]) for actor i -- on every actor at once (a
-        collective step); results in actor order."""
+        collective step); results in actor order. timeout_s > 0: the actors that have not
+        answered by then are hung (killed, WorkerHung naming them)."""
         import ray
 
         from cropi.ray_utils import get
 
         try:
             if items is None:
-                return get([call(a) for a in self.actors])
-            if len(items) != len(self.actors):
-                raise CropiError(f"{self.what}: {len(items)} items for {len(self.actors)} actors")
-            return get([call(a, x) for a, x in zip(self.actors, items)])
+                refs = [call(a) for a in self.actors]
+            else:
+                if len(items) != len(self.actors):
+                    raise CropiError(f"{self.what}: {len(items)} items for {len(self.actors)} actors")
+                refs = [call(a, x) for a, x in zip(self.actors, items)]
+            if timeout_s > 0:
+                _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+                if late:
+                    raise self._hung([self.actors[refs.index(r)] for r in late], timeout_s, what)
+            return get(refs)
         except ray.exceptions.RayActorError as e:
             raise self._died(e, "a collective call", str) from None

@@ -26,6 +26,9 @@ class Echo:
         time.sleep(0.05)
         return self.index, x
 
+    def pid(self):
+        return os.getpid()
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -88,3 +91,38 @@ def test_an_exception_in_the_driver_still_tears_down(ray_local):
             pool.map(lambda a, x: a.work.remote(x), [1])
             raise KeyError("driver bug")
     assert _gone("cropi-test-d")
+
+
+def _stopped_process_is_gone(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("how", ["each", "map"])
+def test_a_stopped_actor_is_named_as_hung_and_killed(ray_local, how):
+    import signal
+
+    from cropi.errors import WorkerDied, WorkerHung
+
+    with _pool(f"cropi-test-h{how}") as pool:
+        pids = pool.each(lambda a: a.pid.remote())
+        assert pool.each(lambda a: a.work.remote(1), timeout_s=30)  # answered in time: no effect
+        os.kill(pids[1], signal.SIGSTOP)
+        t0 = time.time()
+        with pytest.raises(WorkerHung, match=rf"test stage: cropi-test-h{how}-1 did not answer .*within "
+                                             r"run.hang_timeout_s = 2 s .* was killed") as e:
+            if how == "each":
+                pool.each(lambda a: a.work.remote(2), timeout_s=2)
+            else:
+                pool.map(lambda a, x: a.work.remote(x), list(range(6)), timeout_s=2)
+        assert isinstance(e.value, WorkerDied)  # the loop redoes the stage as after a death
+        assert time.time() - t0 < 30
+        assert _stopped_process_is_gone(pids[1])  # never left holding its slot (or a GPU)
+    assert _gone(f"cropi-test-h{how}")

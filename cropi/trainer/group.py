@@ -19,6 +19,7 @@ class TrainerGroup:
                  bundles: list[int] | None = None, **kw):
         """Ranks go into `placement`'s `bundles` (cropi.placement); without one, into a group of their own."""
         w, r = cfg.trainer.world_size, cfg.resources.trainer
+        self.hang_timeout_s = cfg.run.hang_timeout_s
         env = {"DS_ACCELERATOR": "cpu"} if cfg.resources.device == "cpu" else {}
         self.pool = WorkerPool(TrainerRank, lambda i: (cfg, i, w), count=w, cpus=r.num_cpus, gpus=r.num_gpus,
                                what=f"phase {tag} trainer", name=f"cropi-trainer-{tag}-rank",
@@ -43,7 +44,8 @@ class TrainerGroup:
         return self.pool.actors
 
     def train_step(self, shards: list[dict], global_norm: float) -> list[dict]:
-        return self.pool.each(lambda a, s: a.train_step.remote(s, global_norm), shards)
+        return self.pool.each(lambda a, s: a.train_step.remote(s, global_norm), shards,
+                              timeout_s=self.hang_timeout_s, what="a training step")
 
     def weights(self) -> bytes:
         return self.pool.each(lambda a: a.state_dict_bytes.remote())[0]

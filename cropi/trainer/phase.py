@@ -32,12 +32,14 @@ def _split(items: list, n: int) -> list[list]:
     return [items[i::n] for i in range(n)]
 
 
-def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: list[int], where: str) -> dict:
-    """Spread prompts over the engines (a WorkerPool) and join their results in prompt order."""
+def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: list[int], where: str,
+            timeout_s: float = 0.0) -> dict:
+    """Spread prompts over the engines (a WorkerPool) and join their results in prompt order; an
+    engine that takes longer than timeout_s (> 0) on its part is hung (cropi.pool)."""
     idx = [ix for ix in _split(list(range(len(rows))), len(engines)) if ix]
     parts = engines.map(lambda e, ix: e.generate.remote([rows[i] for i in ix], n, temperature,
                                                         [seeds_[i] for i in ix], where),
-                        idx, describe=lambda ix: f"{len(ix)} {where} prompts")
+                        idx, describe=lambda ix: f"{len(ix)} {where} prompts", timeout_s=timeout_s)
     out = {k: [None] * len(rows) for k in ("prompt_ids", "rewards", "response_ids", "logprobs", "truncated")}
     for ix, part in zip(idx, parts):
         for k in out:
@@ -60,7 +62,7 @@ def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int, details: 
     for name, rows in val.items():
         sd = [seeds.evaluation(cfg.run.seed, step, name, r.prompt_id) for r in rows]
         temp = cfg.rollout.temperature if cfg.trainer.val_temperature < 0 else cfg.trainer.val_temperature
-        out = rollout(engines, rows, cfg.trainer.eval_samples, temp, sd, f"val/{name}")
+        out = rollout(engines, rows, cfg.trainer.eval_samples, temp, sd, f"val/{name}", cfg.run.hang_timeout_s)
         rates = torch.tensor(out["rewards"], dtype=torch.float64).mean(1)  # [prompts]
         res[name] = float(rates.mean())
         per_prompt[name] = {"prompt_ids": [r.prompt_id for r in rows], "pass_rate": [round(x, 4) for x in rates.tolist()]}
@@ -219,11 +221,12 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     for sh in shards:
         sh["lr"] = lr
     t0 = time.time()
+    hang = cfg.run.hang_timeout_s
     if services.sleeps:
-        engines.each(lambda e: e.sleep.remote())
+        engines.each(lambda e: e.sleep.remote(), timeout_s=hang, what="sleep")
     ranks = group.train_step(shards, 0.0)  # each mini-batch carries its own global normaliser
     if services.sleeps:
-        engines.each(lambda e: e.wake_up.remote(["weights"]))
+        engines.each(lambda e: e.wake_up.remote(["weights"]), timeout_s=hang, what="wake-up")
     timing["train_step_seconds"] = time.time() - t0
     timing["logprob_seconds"] = max(r["logprob_seconds"] for r in ranks)
     timing["train_seconds"] = max(r["train_seconds"] for r in ranks)
@@ -232,7 +235,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     if step % t.sync_every == 0 or step == steps:
         link.push()
     if services.sleeps:
-        engines.each(lambda e: e.wake_up.remote(["kv_cache"]))
+        engines.each(lambda e: e.wake_up.remote(["kv_cache"]), timeout_s=hang, what="wake-up")
     timing["sync_seconds"] = time.time() - t0
     m.update(_verl_names(out, rewards, responses, cfg.rollout.max_new_tokens))
     m.update({"reward_mean": float(rewards.mean()),
@@ -322,7 +325,7 @@ def _rollouts(cfg, phase: int, step: int, selected: list[int], by_id: dict, engi
         ids = _draw(rng, selected, t.prompts_per_step)
         sd = [seeds.train_rollout(cfg.run.seed, phase, step, i, acc.rounds) for i in ids]
         out = rollout(engines, [by_id[i] for i in ids], t.group_size, cfg.rollout.temperature, sd,
-                      "train" if acc.rounds == 0 else f"train/round{acc.rounds}")
+                      "train" if acc.rounds == 0 else f"train/round{acc.rounds}", cfg.run.hang_timeout_s)
         rewards = torch.tensor(out["rewards"], dtype=torch.float64)  # [B, G]
         all_rewards.append(rewards)
         if not t.dynamic_sampling:

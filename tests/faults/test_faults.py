@@ -11,6 +11,9 @@ equal to the undisturbed run's (harness.differences).
 - a trainer rank, a vLLM engine while training (weights are synced into it every step): the
   training stage is redone within the job from the last DeepSpeed checkpoint, with new ranks and
   engines (run.max_stage_retries), recorded as a stage_retry event;
+- a trainer rank or a vLLM engine stopped (SIGSTOP) while training: the step, rollout or sync
+  that waits on it fails after run.hang_timeout_s / trainer.sync_timeout_s naming it, the
+  stopped process is killed, and the training stage is redone as for a death;
 - the driver (with the local Ray it started) in the buffer, influence or training stage: the rerun
   resumes;
 - a full disk (a small tmpfs) during the buffer: the command fails naming the file, every shard on
@@ -109,6 +112,30 @@ def test_killed_vllm_engine_while_training_is_recovered_within_the_job(reference
     out = harness.finish(proc)
     assert "redoing the training stage in this job (attempt 1 of 1)" in out
     assert len(_events(tmp_path / "run", "stage_retry")) == 1
+    _same_as_reference(reference, tmp_path / "run")
+
+
+@pytest.mark.parametrize("actor", ["TrainerRank", "RolloutEngine"])
+def test_a_stopped_rank_or_engine_is_taken_as_hung_killed_and_the_stage_redone(reference, tmp_path, actor):
+    """SIGSTOP, not death: the step, the rollout or the sync waits at most its timeout, names the
+    actor, kills it, and the training stage is redone within the job; outputs as undisturbed."""
+    import signal
+
+    rng = random.Random(f"hung-{actor}")
+    proc = harness.start(tmp_path, "--set", "run.hang_timeout_s=20", "--set", "trainer.sync_timeout_s=20")
+    metrics = tmp_path / "run" / "phase-0" / "train_metrics.jsonl"
+    at = rng.randint(2, 4)
+    harness.wait_until(lambda: harness.count_lines(metrics) >= at + 1 and harness.pids(actor, proc), proc)
+    time.sleep(rng.uniform(0.0, 0.2))
+    victim = harness.pids(actor, proc)[-1]
+    os.kill(victim, signal.SIGSTOP)
+    t_stop = time.time()
+    out = harness.finish(proc)
+    assert "redoing the training stage in this job (attempt 1 of 1)" in out
+    retries = _events(tmp_path / "run", "stage_retry")
+    assert len(retries) == 1 and " did not " in retries[0]["error"], retries  # names what hung
+    print(f"{actor} stopped; taken as hung after {retries[0]['time'] - t_stop:.1f} s: {retries[0]['error'][:200]}")
+    assert not Path(f"/proc/{victim}").exists() or Path(f"/proc/{victim}/stat").read_text().split()[2] == "Z"
     _same_as_reference(reference, tmp_path / "run")
 
 

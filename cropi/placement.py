@@ -93,7 +93,8 @@ def reserve(bundles: list[dict], what: str, wait: PlacementWait = PlacementWait(
         problem = shortfall(bundles, nodes)
         if problem:
             raise CropiError(f"{what}: {problem}, so it can never be placed: {lower}, or add nodes (on a cluster "
-                             "that adds them on demand, set resources.autoscaling=true to wait for them)")
+                             "that adds them on demand, set resources.autoscaling=true to wait for them)"
+                             + lost_nodes_note(ray.nodes()))
     pg = placement_group(bundles, strategy="PACK", name="")
     ready, _ = ray.wait([pg.ready()], timeout=wait.timeout_s)
     if not ready:
@@ -105,8 +106,21 @@ def reserve(bundles: list[dict], what: str, wait: PlacementWait = PlacementWait(
                          f"(total {total}) within {wait.timeout_s:.0f} s (resources.placement_timeout_s); available "
                          f"now: {ray.available_resources()}. {lower[0].upper() + lower[1:]} (with trainer.keep_alive "
                          "the training engines and ranks keep their bundles between phases; trainer.keep_alive=false "
-                         "frees them).")
+                         "frees them)." + lost_nodes_note(ray.nodes()))
     return Placement(pg, bundles)
+
+
+def lost_nodes_note(nodes: list[dict]) -> str:
+    """' Lost nodes: ...' for the nodes of ray.nodes() that are dead (a node lost mid-run leaves
+    the stage less than it had), else ''."""
+    dead = [n for n in nodes if not n.get("Alive")]
+    if not dead:
+        return ""
+    names = ", ".join(f"{n.get('NodeManagerAddress', '?')} (node {str(n.get('NodeID', '?'))[:8]}, "
+                      f"{n.get('Resources', {}).get('CPU', 0):g} CPU, {n.get('Resources', {}).get('GPU', 0):g} GPU)"
+                      for n in dead)
+    return (f" Lost node{'s' * (len(dead) > 1)}: {names}; rerun the same command when the cluster has its "
+            "resources back (finished work is kept).")
 
 
 def training_bundles(cfg) -> tuple[list[dict], list[int], list[int]]:

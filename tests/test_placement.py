@@ -99,3 +99,14 @@ def test_local_ray_declares_room_for_the_kept_alive_training_placement(monkeypat
     assert sleeps(gpu) and not sleeps(load_config("configs/tiny-cpu.yaml", [
         "resources.device=cuda", "resources.placement=split", "resources.rollout.num_gpus=1",
         "resources.trainer.num_gpus=1", "resources.influence.num_gpus=1"]))
+
+
+def test_a_refusal_names_the_nodes_the_cluster_lost():
+    from cropi.placement import lost_nodes_note
+
+    alive = {"Alive": True, "NodeID": "aaaa1111bbbb", "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 8.0}}
+    dead = {"Alive": False, "NodeID": "cccc2222dddd", "NodeManagerAddress": "10.0.0.2",
+            "Resources": {"CPU": 4.0, "GPU": 8.0}}
+    assert lost_nodes_note([alive]) == ""
+    assert lost_nodes_note([alive, dead]) == (" Lost node: 10.0.0.2 (node cccc2222, 4 CPU, 8 GPU); rerun the same "
+                                              "command when the cluster has its resources back (finished work is kept).")

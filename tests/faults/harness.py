@@ -38,10 +38,12 @@ def command(root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cropi.cli", "run", "configs/tiny-cpu.yaml", *[a for s in sets for a in ("--set", s)]]
 
 
-def start(root: Path, *extra: str) -> subprocess.Popen:
-    """The run in its own session, so that killing it takes the local Ray it starts along."""
+def start(root: Path, *extra: str, ray_address: str | None = None) -> subprocess.Popen:
+    """The run in its own session, so that killing it takes the local Ray it starts along; with
+    ray_address, the run joins that cluster instead (tests/support/two_nodes.py)."""
+    env = {**os.environ, **({"RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "disabled"} if ray_address else {})}
     return subprocess.Popen(command(root, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900, rc: int = 0) -> str:
@@ -50,8 +52,8 @@ def finish(proc: subprocess.Popen, timeout: float = 900, rc: int = 0) -> str:
     return out
 
 
-def run(root: Path, *extra: str, rc: int = 0) -> str:
-    return finish(start(root, *extra), rc=rc)
+def run(root: Path, *extra: str, rc: int = 0, ray_address: str | None = None) -> str:
+    return finish(start(root, *extra, ray_address=ray_address), rc=rc)
 
 
 def kill_run(proc: subprocess.Popen) -> None:

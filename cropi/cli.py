@@ -11,6 +11,8 @@
   cropi compare-report ROOT [--out DIR]  the comparison's report (curves, table, intervals)
   cropi status RUN_DIR / cropi report RUN_DIR
   cropi config-reference           print the config reference (markdown) from the dataclasses
+
+Over 300 lines: one short function per subcommand and the parser that lists them all.
 """
 
 from __future__ import annotations

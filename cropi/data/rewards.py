@@ -19,6 +19,9 @@ with the row named. Built in:
   else by normalised string equality.
 Users plug their own by an explicit import path, `data.reward_fn: mypkg.rewards:my_fn`, or by a
 Python file, `data.reward_fn: /abs/path/reward.py:compute_score` (verl's custom_reward_function).
+
+Over 300 lines: the whole reward contract (built-in scorers, plain / batched TRL / weighted
+functions, loading and the checks with the row they name) is read in one place.
 """
 
 from __future__ import annotations

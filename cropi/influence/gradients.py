@@ -15,6 +15,9 @@
 Per-prompt gradients are formed in `grad_dtype`; dots, norms and projections accumulate in
 float64 (exact integer sums inside the projection). Non-finite gradients raise CropiError
 naming the prompt ids.
+
+Over 300 lines by design: one algorithm (forward, chunked head, one backward, reducers) whose
+parts only make sense together; its helpers are pieces of the same pass.
 """
 
 from __future__ import annotations

@@ -26,50 +26,7 @@ from cropi.errors import CropiError
 from cropi.store import records
 from cropi.store.paths import RunPaths
 from cropi.trainer import batching
-
-
-def _split(items: list, n: int) -> list[list]:
-    return [items[i::n] for i in range(n)]
-
-
-def rollout(engines, rows: list[PromptRow], n: int, temperature: float, seeds_: list[int], where: str,
-            timeout_s: float = 0.0) -> dict:
-    """Spread prompts over the engines (a WorkerPool) and join their results in prompt order; an
-    engine that takes longer than timeout_s (> 0) on its part is hung (cropi.pool)."""
-    idx = [ix for ix in _split(list(range(len(rows))), len(engines)) if ix]
-    parts = engines.map(lambda e, ix: e.generate.remote([rows[i] for i in ix], n, temperature,
-                                                        [seeds_[i] for i in ix], where),
-                        idx, describe=lambda ix: f"{len(ix)} {where} prompts", timeout_s=timeout_s)
-    out = {k: [None] * len(rows) for k in ("prompt_ids", "rewards", "response_ids", "logprobs", "truncated")}
-    for ix, part in zip(idx, parts):
-        for k in out:
-            for j, i in enumerate(ix):
-                out[k][i] = part[k][j]
-        if "reward_components" in part:  # per prompt: {function: its G values}
-            comps = out.setdefault("reward_components", [None] * len(rows))
-            for j, i in enumerate(ix):
-                comps[i] = {name: v[j] for name, v in part["reward_components"].items()}
-    out["row_ids"] = [r.prompt_id for r in rows]
-    return out
-
-
-def evaluate(engines, val: dict[str, list[PromptRow]], cfg, step: int, details: Path | None = None,
-             phase: int = 0) -> dict[str, float]:
-    """pass@1 per validation set: mean reward of eval_samples samples per prompt. With `details`,
-    each prompt's own pass rate is appended there (one line per evaluation), for standard errors
-    and bootstraps over prompts (cropi.compare)."""
-    res, per_prompt = {}, {}
-    for name, rows in val.items():
-        sd = [seeds.evaluation(cfg.run.seed, step, name, r.prompt_id) for r in rows]
-        temp = cfg.rollout.temperature if cfg.trainer.val_temperature < 0 else cfg.trainer.val_temperature
-        out = rollout(engines, rows, cfg.trainer.eval_samples, temp, sd, f"val/{name}", cfg.run.hang_timeout_s)
-        rates = torch.tensor(out["rewards"], dtype=torch.float64).mean(1)  # [prompts]
-        res[name] = float(rates.mean())
-        per_prompt[name] = {"prompt_ids": [r.prompt_id for r in rows], "pass_rate": [round(x, 4) for x in rates.tolist()]}
-    if details is not None:
-        records.append(records.EVAL_ROW, {"phase": phase, "step": step, "samples": cfg.trainer.eval_samples,
-                                          "sets": per_prompt}, details)
-    return res
+from cropi.trainer.rollouts import carried_eval, evaluate, maybe_eval, read_val_names, rollout, split
 
 
 def _latest_tag(state_dir: Path) -> str | None:
@@ -136,7 +93,7 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
         records.append(records.TRAIN_METRICS_ROW, m0, metrics_path)
         on_step(m0)
     elif step0 == 0:
-        ev = _carried_eval(cfg, phase, start_ckpt, details)
+        ev = carried_eval(cfg, phase, start_ckpt, details)
         if ev is None:
             ev = evaluate(engines, val, cfg, 0, details, phase)
         m0 = {"phase": phase, "step": 0, "wall_time": time.time(), **{f"val_pass@1/{k}": v for k, v in ev.items()},
@@ -168,29 +125,6 @@ def covered(rows: list[dict], step0: int) -> list[dict]:
     return [r for r in rows if step0 > 0 and r["step"] <= step0]
 
 
-def _carried_eval(cfg, phase: int, start_ckpt: str, details: Path) -> dict[str, float] | None:
-    """Step 0 of a phase that starts from the previous phase's checkpoint evaluates the weights
-    that phase's last step evaluated: reuse that evaluation (noted in eval.jsonl) instead of
-    sampling it again; None when there is none to reuse."""
-    paths = RunPaths.of(cfg)
-    if phase == 0 or Path(start_ckpt).resolve() != paths.checkpoint(phase - 1).resolve():
-        return None
-    prev = [e for e in records.rows(records.EVAL_ROW, paths.eval_details(phase - 1)) if "copied_from" not in e]
-    last = records.rows(records.TRAIN_METRICS_ROW, paths.train_metrics(phase - 1))
-    if not prev or not last or prev[-1]["step"] != last[-1]["step"]:
-        return None
-    e = prev[-1]
-    if e.get("samples") != cfg.trainer.eval_samples or sorted(e["sets"]) != sorted(read_val_names(last[-1])):
-        return None
-    records.append(records.EVAL_ROW, {**e, "phase": phase, "step": 0, "copied_from": {"phase": phase - 1, "step": e["step"]}},
-                   details)
-    return {name: last[-1][f"val_pass@1/{name}"] for name in e["sets"]}
-
-
-def read_val_names(metrics: dict) -> list[str]:
-    return [k[len("val_pass@1/"):] for k in metrics if k.startswith("val_pass@1/")]
-
-
 def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: dict, tok, services, val) -> dict:
     """One GRPO step: rollouts, advantages, the DeepSpeed step, weight sync, maybe eval; -> metrics.
     Colocated on GPU (services.sleeps) the engines sleep through the DeepSpeed step."""
@@ -206,7 +140,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
         m["tokens_per_s"] = 0.0
         if step % t.sync_every == 0 or step == steps:  # the engines must hold the step's weights, as below
             link.push()
-        return _maybe_eval(cfg, engines, val, step, steps, m)
+        return maybe_eval(cfg, engines, val, step, steps, m)
     adv, _, _ = group_advantages(rewards, t.adv_norm)  # [B, G]
     prompts = [p for p in out["prompt_ids"] for _ in range(t.group_size)]
     row_ids = [r for r in out["row_ids"] for _ in range(t.group_size)]
@@ -254,7 +188,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
         m["nonfinite"] = {"what": bad[0]["what"], "prompt_ids": sorted({i for b in bad for i in b["prompt_ids"]})}
         print(f"cropi: phase {phase} step {step}: non-finite {m['nonfinite']['what']} for prompts "
               f"{m['nonfinite']['prompt_ids'][:16]}; the step was not applied", flush=True)
-    return _maybe_eval(cfg, engines, val, step, steps, m)
+    return maybe_eval(cfg, engines, val, step, steps, m)
 
 
 def plan_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, pad_id) -> list[dict]:
@@ -270,7 +204,7 @@ def plan_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, pad_id)
     ranks = [{"idx": [], "minis": []} for _ in range(t.world_size)]
     for seqs in minis:
         gnorm = normaliser(mask[seqs], t.loss_agg, const / k)
-        parts = _split(seqs, t.world_size)
+        parts = split(seqs, t.world_size)
         micro = batching.plan([[len(prompts[i]) + len(responses[i]) for i in ix] for ix in parts],
                               t.max_tokens_per_micro_batch)
         for r, (ix, mb) in enumerate(zip(parts, micro)):
@@ -295,15 +229,6 @@ def _verl_names(out: dict, rewards: torch.Tensor, responses: list[list[int]], ma
     for name in sorted({k for c in comps for k in c}):
         vals = [x for c in comps for x in c.get(name, []) if x == x]  # NaN (None) left out
         m[f"reward/{name}/mean"] = sum(vals) / len(vals) if vals else float("nan")
-    return m
-
-
-def _maybe_eval(cfg, engines, val, step: int, steps: int, m: dict) -> dict:
-    if step % cfg.trainer.eval_every == 0 or step == steps:
-        t0 = time.time()
-        ev = evaluate(engines, val, cfg, step, RunPaths.of(cfg).eval_details(m["phase"]), m["phase"])
-        m.update({f"val_pass@1/{k}": v for k, v in ev.items()}, eval_seconds=time.time() - t0)
-        m.update({f"val-core/{k}/reward/mean@{cfg.trainer.eval_samples}": v for k, v in ev.items()})
     return m
 
 

@@ -73,3 +73,81 @@ def _alive(pgid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_ray_job_stop_preempts_the_job_and_a_resubmitted_job_resumes(reference, tmp_path):
+    """`ray job stop` (SIGTERM to the entrypoint's process group, SIGKILL after
+    RAY_JOB_STOP_WAIT_TIME_S) against a local head: the job stops at the end of a training step
+    with its checkpoint saved and a `preempted` event; the same job submitted again resumes from
+    that checkpoint and ends with the undisturbed run's outputs."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.test_loop import BIN, ROOT, _free_port, _stop_head
+
+    tmp = Path(tempfile.mkdtemp(prefix="crs", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    dash, gcs = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_JOB_STOP_WAIT_TIME_S": "120"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}",
+                    f"--port={gcs}", "--num-cpus=5", f"--temp-dir={tmp}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    run_dir = tmp_path / "run"
+    sets = [f"run.dir={run_dir}", f"data.data_dir={tmp_path / 'tasks'}", *harness.SETS,
+            f"model.path={ROOT / 'artifacts' / 'base-model'}"]
+    client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
+
+    def submit(job_id: str) -> None:
+        cmd = [str(BIN / "ray"), "job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(ROOT),
+               "--", sys.executable, "-m", "ray_jobs.cropi_loop", "--config", "configs/tiny-cpu.yaml",
+               *[a for s in sets for a in ("--set", s)]]
+        t0 = time.time()
+        while True:  # right after `ray start` the job agent may not be up yet ("No available agent")
+            out = subprocess.run(cmd, env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, capture_output=True,
+                                 text=True, timeout=180)
+            if out.returncode == 0 or time.time() - t0 > 240:
+                break
+            time.sleep(3)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+    def wait_status(job_id: str, timeout: float = 900) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = str(client.get_job_status(job_id))
+            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+                return status
+            time.sleep(1)
+        return status
+
+    try:
+        submit("cropi-stop-1")
+        metrics = run_dir / "phase-0" / "train_metrics.jsonl"
+        deadline = time.time() + 900
+        while harness.count_lines(metrics) < 3 and time.time() < deadline:
+            time.sleep(0.2)
+        assert harness.count_lines(metrics) >= 3, client.get_job_logs("cropi-stop-1")[-3000:]
+        t0 = time.time()
+        subprocess.run([str(BIN / "ray"), "job", "stop", "--no-wait", "cropi-stop-1"],
+                       env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, check=True, capture_output=True, timeout=120)
+        status = wait_status("cropi-stop-1")
+        logs = client.get_job_logs("cropi-stop-1")
+        assert "STOPPED" in status, status + logs[-3000:]
+        assert "cropi: preempted (SIGTERM): stopped at phase 0 training after step" in logs, logs[-3000:]
+        ev = _events(run_dir, "preempted")
+        assert len(ev) == 1 and ev[0]["stage"] == "train", ev
+        last = _steps(run_dir)[-1]
+        print(f"ray job stop: stopped {time.time() - t0:.1f} s later, after step {last}")
+        submit("cropi-stop-2")
+        status = wait_status("cropi-stop-2")
+        logs = client.get_job_logs("cropi-stop-2")
+        assert "SUCCEEDED" in status, status + logs[-3000:]
+        m = re.search(r"resumed from DeepSpeed checkpoint \S+ \(step (\d+)\)", logs)
+        assert m and int(m.group(1)) == last, logs[-3000:]
+        harness.check_whole(run_dir)
+        assert harness.differences(reference[1], harness.outputs(run_dir)) == []
+    finally:
+        _stop_head(tmp)

@@ -24,7 +24,18 @@ from pathlib import Path
 
 from cropi import preempt
 from cropi.errors import CropiError
-from cropi.loop import METHODS
+from cropi.loop import METHODS, run_loop
+from cropi.config import load_config, reference_markdown
+from cropi.model.hub import resolve
+from cropi.data.suite import load_data
+from cropi.ray_utils import ray_session
+from cropi.store.paths import RunPaths, phase_start_checkpoint
+from cropi.store.selection import selected_ids
+from cropi.plan import check, make_plan, parse_cluster, render, reserve_in_order
+from cropi.status import run_status
+from cropi.compare.arms import resolve as resolve_arms
+from cropi.compare.run import run_compare
+from cropi.compare.report import write_compare_report
 
 
 def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -38,15 +49,11 @@ def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _load(args):
     """The command's config, its model.path resolved to a local directory (a hub id: once, here)."""
-    from cropi.config import load_config
-    from cropi.model.hub import resolve
 
     return resolve(load_config(args.config, args.overrides))
 
 
 def cmd_make_base_model(args) -> int:
-    from cropi.config import load_config
-    from cropi.data.suite import load_data
     from cropi.data.base_model import build_base_model, read_marker
 
     from cropi.data.base_model import base_model_hash
@@ -77,11 +84,7 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cropi.data.suite import load_data
     from cropi.model.loading import check_model_dir
-    from cropi.ray_utils import ray_session
-    from cropi.store.paths import RunPaths, phase_start_checkpoint
-    from cropi.store.selection import selected_ids
     from cropi.trainer.phase import run_phase
 
     cfg = _load(args)
@@ -105,7 +108,6 @@ def cmd_train(args) -> int:
 def cmd_influence(args) -> int:
     """The phase's [refresh ->] influence part of the loop."""
     from cropi.influence.actor import run_influence
-    from cropi.ray_utils import ray_session
 
     cfg = _load(args)
     with ray_session(cfg):
@@ -123,8 +125,6 @@ def cmd_influence(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from cropi.data.suite import load_data
-    from cropi.ray_utils import ray_session
     from cropi.selection.actor import run_selector
 
     cfg = _load(args)
@@ -145,7 +145,6 @@ def cmd_run(args) -> int:
     import time
 
     from cropi.entry import check_launch, load
-    from cropi.loop import run_loop
     from cropi.report import write_report
 
     cfg = load(args.config, args.overrides, job=args.job)
@@ -160,7 +159,6 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     """Fit, placement and cost of every stage on a cluster shape; exit 2 if it does not fit or place."""
-    from cropi.plan import check, make_plan, parse_cluster, render, reserve_in_order
 
     cfg = _load(args)
     cluster = parse_cluster(args.cluster) if args.cluster else None
@@ -197,7 +195,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from cropi.status import run_status
 
     print(run_status(args.run_dir))
     return 0
@@ -211,8 +208,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cropi.compare.arms import resolve
-    from cropi.compare.run import run_compare
 
     overrides = list(args.overrides)
     if args.job:  # each arm's config is rebuilt from file + overrides: pin what the job's checks decided
@@ -223,10 +218,9 @@ def cmd_compare(args) -> int:
                       f"resources.ray_address={cfg.resources.ray_address}"]
         if not cfg.data.synthetic:
             overrides += [f"data.train_path={json.dumps(cfg.data.train_path)}", f"data.val_paths={json.dumps(cfg.data.val_paths)}"]
-    from cropi.config import load_config
 
     preempt.install(load_config(args.config, overrides).run.preempt_grace_s)
-    root = run_compare(args.config, overrides, resolve(args.methods), args.seeds,
+    root = run_compare(args.config, overrides, resolve_arms(args.methods), args.seeds,
                        log=lambda *x: print(*x, flush=True))
     if not args.no_report:
         from cropi.compare.report import write_compare_report
@@ -236,14 +230,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_compare_report(args) -> int:
-    from cropi.compare.report import write_compare_report
 
     print(f"wrote {write_compare_report(Path(args.root), args.out or None)}")
     return 0
 
 
 def cmd_config_reference(args) -> int:
-    from cropi.config import reference_markdown
 
     print(reference_markdown())
     return 0

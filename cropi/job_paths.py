@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from cropi.errors import CropiError
+from cropi.model.hub import cached_snapshot, looks_like_hub_id
 
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the entrypoint
 
@@ -42,7 +43,6 @@ def check_job_paths(cfg) -> None:
     """Refuse or absolutise the config's relative paths when running as a job with a working_dir."""
     if job_working_dir() is None:
         return
-    from cropi.model.hub import cached_snapshot, looks_like_hub_id
 
     outputs = [("run.dir", cfg.run.dir)] + ([("data.data_dir", cfg.data.data_dir)] if cfg.data.synthetic else [])
     for field, value in outputs:

@@ -59,19 +59,26 @@ import contextlib
 import os
 import time
 
-from cropi import preempt
+from cropi import preempt, seeds
 from cropi.data.dataset import PromptRow
 from cropi.errors import CropiError, WorkerDied
 from cropi.store.paths import RunPaths, phase_start_checkpoint
+from cropi.selection.baselines import NEEDS_BUFFER, baseline_selected
+from cropi.store.buffer import built_with, complete_manifest, prompt_reward_stats, read_manifest
+from cropi.store.selection import baseline_table, selected_ids, write_selection
+from cropi.data.suite import load_data
+from cropi.ray_utils import check_device, ray_session
+from cropi.store import records
+from cropi.store.run_record import check_run, claim_phase, record_start
+from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
+from cropi.monitor import RunMetrics
+from cropi.trackers import Trackers
+from cropi.trainer.services import TrainingServices
 
 METHODS = ("cropi", "full", "random", "filtered", "difficulty")  # the CLI's --method (cropi.loop.method_of)
 
 
 def _write_baseline_selection(cfg, phase: int, pool: list[PromptRow], method: str) -> None:
-    from cropi import seeds
-    from cropi.selection.baselines import NEEDS_BUFFER, baseline_selected
-    from cropi.store.buffer import complete_manifest, prompt_reward_stats
-    from cropi.store.selection import baseline_table, write_selection
 
     path = RunPaths.of(cfg).selection(phase)
     if path.is_file():
@@ -104,7 +111,6 @@ def _set_aside(paths: RunPaths, m: int) -> None:
 
 def _buffer_complete(cfg) -> bool:
     """The buffer of this config is already built (a resumed run)."""
-    from cropi.store.buffer import built_with, read_manifest
 
     man = read_manifest(RunPaths.of(cfg).buffer) or {}
     return bool(man.get("complete")) and built_with(cfg, man)
@@ -131,7 +137,6 @@ class Method:
 
     @property
     def reads_buffer(self) -> bool:
-        from cropi.selection.baselines import NEEDS_BUFFER
 
         return self.name in NEEDS_BUFFER
 
@@ -145,7 +150,6 @@ class Cropi(Method):
 
     def select(self, run: "_Run", m: int) -> None:
         """[refresh] -> influence -> [drift: rebuffer, influence again] -> select."""
-        from cropi.rollout.refresh import read_rebuffer_manifest, rebuffer, refresh_zero_grad
         from cropi.selection.actor import run_selector
 
         cfg, paths = run.cfg, run.paths
@@ -181,8 +185,6 @@ class _Run:
     that needs it. Closed in reverse order of start."""
 
     def __init__(self, cfg, pool: list[PromptRow], val, log):
-        from cropi.monitor import RunMetrics
-        from cropi.trackers import Trackers
 
         self.cfg, self.pool, self.val, self.log = cfg, pool, val, log
         self.paths = RunPaths.of(cfg)
@@ -249,9 +251,7 @@ class _Run:
     def train(self, m: int) -> dict:
         """GRPO for the phase's E steps on its selection; a dead rank or engine redoes the stage in
         this job (run.max_stage_retries) from the phase's last DeepSpeed checkpoint."""
-        from cropi.store.selection import selected_ids
         from cropi.trainer.phase import run_phase
-        from cropi.trainer.services import TrainingServices
 
         cfg, start = self.cfg, phase_start_checkpoint(self.cfg, m)
 
@@ -273,8 +273,6 @@ class _Run:
         return with_retries(attempt, cfg.run.max_stage_retries, again)
 
     def phase(self, m: int, method: Method) -> None:
-        from cropi.store import records
-        from cropi.store.run_record import claim_phase
 
         self.metrics.gauge("cropi_phase", m)
         if self.paths.phase_done(m):
@@ -299,11 +297,7 @@ class _Run:
 
 def run_loop(cfg, method: str = "cropi", log=print) -> dict:
     """The whole run of `method` (cropi or a baseline), resumed from whatever is complete."""
-    from cropi.data.suite import load_data
     from cropi.model.loading import check_model_dir
-    from cropi.ray_utils import check_device, ray_session
-    from cropi.store import records
-    from cropi.store.run_record import check_run, record_start
 
     strategy = method_of(method)
     check_device(cfg)  # before the run record is written: a bad device leaves nothing behind

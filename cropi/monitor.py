@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cropi.store import records
+from cropi.store.paths import RunPaths
 
 # name -> (description, label keys besides `run`)
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -30,7 +31,6 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class RunMetrics:
     def __init__(self, run_dir: str | Path, run_name: str, refresh_s: float = 5.0):
-        from cropi.store.paths import RunPaths
 
         self.path = RunPaths(run_dir).metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)

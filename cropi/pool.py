@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from cropi.errors import CropiError
+from cropi.errors import CropiError, WorkerDied, WorkerHung
 from cropi.placement import Placement, PlacementWait, workers_placement
+from cropi.logs import actor_env
+from cropi.ray_utils import get
 
 
 def with_log_env(options: dict | None) -> dict:
     """The actor options with cropi's log settings (cropi.logs) in runtime_env.env_vars; the
     caller's own env_vars win where they name the same variable."""
-    from cropi.logs import actor_env
 
     options = dict(options or {})
     renv = dict(options.get("runtime_env") or {})
@@ -78,8 +79,6 @@ class WorkerPool:
         """Kill the actors that did not answer (ray.kill also ends a stopped process) and say which."""
         import ray
 
-        from cropi.errors import WorkerHung
-
         names = [self.names[self.actors.index(a)] for a in stuck]
         for a in stuck:
             ray.kill(a, no_restart=True)
@@ -88,7 +87,6 @@ class WorkerPool:
                           f"{'was' if len(names) == 1 else 'were'} killed; " + self.on_death)
 
     def _died(self, e: Exception, item: Any, describe: Callable[[Any], str]) -> CropiError:
-        from cropi.errors import WorkerDied
 
         return WorkerDied(f"{self.what}: a worker died while working on {describe(item)} ({type(e).__name__}); "
                           + self.on_death)
@@ -101,8 +99,6 @@ class WorkerPool:
         import time
 
         import ray
-
-        from cropi.ray_utils import get
 
         results: list = [None] * len(items)
         queue = list(range(len(items)))
@@ -135,8 +131,6 @@ class WorkerPool:
         collective step); results in actor order. timeout_s > 0: the actors that have not
         answered by then are hung (killed, WorkerHung naming them)."""
         import ray
-
-        from cropi.ray_utils import get
 
         try:
             if items is None:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from cropi import preempt
 from cropi.config import Config
+from cropi.errors import CropiError, STORAGE_ERRNOS, storage_error
 
 
 def check_device(cfg: Config) -> None:
@@ -53,8 +54,6 @@ def get(refs):
     """ray.get, but a CropiError raised inside an actor surfaces as itself (a clean message that
     names the row or file), not wrapped in a RayTaskError traceback."""
     import ray
-
-    from cropi.errors import STORAGE_ERRNOS, CropiError, storage_error
 
     try:
         return ray.get(refs)

@@ -17,6 +17,7 @@ from cropi.status import run_status
 from cropi.store import records
 from cropi.store.files import write_text
 from cropi.store.paths import RunPaths
+from cropi.selection.plot import plot_selection
 
 
 def _validation_curves(paths: RunPaths, out: Path) -> dict:
@@ -71,7 +72,6 @@ def _timings(paths: RunPaths, out: Path) -> dict:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    from cropi.selection.plot import plot_selection
 
     paths = RunPaths(run_dir)
     d = paths.root

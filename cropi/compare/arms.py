@@ -9,6 +9,8 @@ filled). Subset arms select ceil(alpha * N) prompts per phase.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from cropi.errors import CropiError
+from cropi.selection.baselines import NEEDS_BUFFER
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,6 @@ class Arm:
 
     @property
     def needs_buffer(self) -> bool:
-        from cropi.selection.baselines import NEEDS_BUFFER
 
         return self.method == "cropi" or self.method in NEEDS_BUFFER
 
@@ -57,7 +58,6 @@ BASELINES = ("full", "dynamic", "random", "filtered", "difficulty")
 
 def resolve(names: list[str]) -> list[Arm]:
     """Arms by name; `main` and `ablations` name the groups above."""
-    from cropi.errors import CropiError
 
     out: list[Arm] = []
     for n in names:

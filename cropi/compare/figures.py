@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cropi.store.paths import RunPaths, compare_arm_dir
+from cropi.store.selection import read_selection
 
 KINDS = ("wrong label", "conflicting", "targeted family", "off-target")
 
@@ -27,7 +28,6 @@ def kind_of(label: str, family: str, targeted: list[str]) -> str:
 
 def cosines_by_kind(root: Path, s: dict, labels: dict, families: dict, arm: str = "cropi") -> dict[int, dict[str, np.ndarray]]:
     """phase -> kind -> cosines (mean over the targeted sets) of the arm's eligible prompts, seeds pooled."""
-    from cropi.store.selection import read_selection
 
     out: dict[int, dict[str, list[float]]] = {}
     for seed in s["arms"].get(arm, {}).get("seeds", []):

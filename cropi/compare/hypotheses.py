@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from cropi.config import load_config
+from cropi.plan import ModelShape, parse_cluster
+from cropi.plan.cost import PAPER, estimate_cost, work_of
 
 BAD_LABELS = ("wrong", "conflict")
 H2_BASELINES = ("filtered", "difficulty", "dynamic")
@@ -176,10 +179,6 @@ def paper_steps_per_phase_of_selection() -> dict | None:
     paper (2776 s of selection, 3584 s for 200 steps), and predicted by `cropi plan`'s cost model for
     configs/qwen2.5-1.5b-8gpu.yaml on 1x8 H100 (Qwen2.5-1.5B's published shape)."""
     from pathlib import Path
-
-    from cropi.config import load_config
-    from cropi.plan import ModelShape, parse_cluster
-    from cropi.plan.cost import PAPER, estimate_cost, work_of
 
     path = Path(__file__).resolve().parents[2] / "configs" / "qwen2.5-1.5b-8gpu.yaml"
     out = {"paper_measured": round(PAPER["selection_s"] / (PAPER["training_s"] / 200), 1)}

@@ -12,10 +12,13 @@ import numpy as np
 
 from cropi.errors import CropiError
 from cropi.selection.baselines import NEEDS_BUFFER
-from cropi.store import influence as store_influence
-from cropi.store import records
+from cropi.store import influence as store_influence, records
 from cropi.store.files import read_json, read_json_if
 from cropi.store.paths import RunPaths, compare_seed_dir
+from cropi.config import from_dict
+from cropi.store.selection import selected_ids
+from cropi.data.suite import load_data
+from cropi.store.buffer import prompt_reward_stats
 
 _OVERHEAD = ("refresh", "influence", "rebuffer", "influence_after_rebuffer", "select")
 
@@ -58,7 +61,6 @@ def _float_rates(details: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun | None:
     """The arm's measurements; None when the run has not finished (no run_result.json)."""
-    from cropi.config import from_dict
 
     result = records.read_if(records.RUN_RESULT, RunPaths(run_dir).run_result)
     if result is None:
@@ -113,7 +115,6 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
 
 
 def _selected(path: Path) -> list[int]:
-    from cropi.store.selection import selected_ids
 
     return selected_ids(path) if path.is_file() else []
 
@@ -129,8 +130,6 @@ def _buffer_wall(seed_root: Path) -> float:
 
 def _pool_families(run: ArmRun, run_dir: Path) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
     """Prompt id -> data_source, -> label (clean | wrong | conflict) and -> family of the arm's pool."""
-    from cropi.config import from_dict
-    from cropi.data.suite import load_data
 
     cfg = from_dict(read_json(run_dir / "run.json", "run record")["config"])
     pool, _ = load_data(cfg)
@@ -140,7 +139,6 @@ def _pool_families(run: ArmRun, run_dir: Path) -> tuple[dict[int, str], dict[int
 
 
 def _buffer_stats(seed_root: Path) -> dict[int, tuple[float, float]] | None:
-    from cropi.store.buffer import prompt_reward_stats
 
     b = seed_root / "buffer"
     return prompt_reward_stats(b) if (b / "manifest.json").is_file() else None

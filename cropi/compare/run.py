@@ -21,14 +21,17 @@ from cropi.errors import CropiError
 from cropi.store import records
 from cropi.store.files import read_json_if, write_json
 from cropi.store.paths import RunPaths, compare_arm_dir, compare_seed_dir
+from cropi.config import load_config
+from cropi.model.hub import resolve
+from cropi.loop import run_loop
+from cropi.plan import preflight
+from cropi.ray_utils import ray_session
 
 
 seed_dir, arm_dir = compare_seed_dir, compare_arm_dir  # cropi.store.paths owns the layout
 
 
 def arm_config(config_path: str, overrides: list[str], arm: Arm, seed: int, root: Path):
-    from cropi.config import load_config
-    from cropi.model.hub import resolve
 
     return resolve(load_config(config_path, [*overrides, *arm.overrides, f"run.seed={seed}",
                                              f"run.dir={arm_dir(root, seed, arm.name)}"]))
@@ -50,12 +53,7 @@ def _share_buffer(root: Path, seed: int, arm: Arm) -> None:
 
 def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: list[int], log=print) -> Path:
     """Run every (seed, arm) not yet complete; returns ROOT."""
-    from cropi.config import load_config
-    from cropi.loop import run_loop
-    from cropi.model.hub import resolve
     from cropi.entry import check_launch
-    from cropi.plan import preflight
-    from cropi.ray_utils import ray_session
 
     if not seeds:
         raise CropiError("--seeds: name at least one seed")

@@ -24,6 +24,7 @@ from cropi.data.rewards import load_reward, score
 from cropi.data.tasks import make_conflict_problem, make_problem, near_miss
 from cropi.model.tokenizer import check_reloads, train_tokenizer
 from cropi.store.files import atomic_dir, read_json_if, write_json
+from cropi.model.sequences import collate
 
 MARKER = "cropi_base_model.json"
 
@@ -35,7 +36,6 @@ def base_model_hash(cfg: Config) -> str:
 
 def sft_batch(tok, rows: list[PromptRow], answer_template: str = "{}") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, labels) with labels -100 on the prompt and padding."""
-    from cropi.model.sequences import collate
 
     prompts = [tok(render_prompt(r.messages, tok))["input_ids"] for r in rows]
     answers = [tok(answer_template.format(r.ground_truth), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

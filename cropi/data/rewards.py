@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from cropi.errors import CropiError
+from cropi.data.dataset import PromptRow
 
 _INT = re.compile(r"-?\d+")
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -232,7 +233,6 @@ class WeightedRewards:
         return self.combine(self.components(responses, rows))
 
     def __call__(self, response: str, ground_truth: str, data_source: str = "", extra_info: dict | None = None):
-        from cropi.data.dataset import PromptRow
 
         return self.batch([response], [PromptRow(-1, data_source, [], str(ground_truth), dict(extra_info or {}))])[0]
 

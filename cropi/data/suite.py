@@ -10,6 +10,8 @@ from cropi.data.dataset import PromptRow, load_prompts
 from cropi.data.tasks import write_suite
 from cropi.hashing import stable_hash
 from cropi.store.files import write_json
+from cropi.data.rewards import check_ground_truths, load_reward
+from cropi.data.prompts import PromptEncoder
 
 
 def suite_key(cfg: Config) -> str:
@@ -39,7 +41,6 @@ def load_data(cfg: Config, with_counts: bool = False):
     function's own check_ground_truth, when it has one), and prompts over rollout.max_prompt_length
     refused or dropped (cropi.data.prompts) once the model's tokenizer exists. With with_counts,
     also {"train" | set: {overlong, filtered, truncated}}."""
-    from cropi.data.rewards import check_ground_truths, load_reward
 
     train_paths, val_paths = data_paths(cfg)
     keys = (cfg.data.input_key, cfg.data.label_key, cfg.data.default_data_source)
@@ -77,7 +78,6 @@ def load_pool(paths: list[Path], input_key: str = "prompt", label_key: str = "re
 
 def _encoder(cfg: Config):
     """The run's prompt encoder, once its model (tokenizer) exists; None before (make-base-model)."""
-    from cropi.data.prompts import PromptEncoder
 
     if not (Path(cfg.model.path) / "tokenizer_config.json").is_file():
         return None

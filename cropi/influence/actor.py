@@ -24,12 +24,15 @@ import ray
 from cropi import seeds
 from cropi.config import INFLUENCE
 from cropi.errors import CropiError
-from cropi.store import influence as store
-from cropi.store import records
+from cropi.store import influence as store, records
 from cropi.store.buffer import GRADIENT_COLUMNS, buffer_hash, complete_manifest, read_rows, read_split, val_sets
 from cropi.store.files import remove_stale_tmp, shards_to_write
 from cropi.hashing import stable_hash
 from cropi.store.paths import RunPaths, phase_start_checkpoint
+from cropi.selection.scoring import val_target_prompts
+from cropi.placement import placement_wait
+from cropi.pool import WorkerPool
+from cropi.rollout.refresh import live_train_shards, read_refresh_manifest, rebuffered_phases, refreshed_shards
 
 
 @ray.remote
@@ -113,7 +116,6 @@ def _table(cols: dict):
 
 def val_target_rows(bdir: Path, name: str, max_val_grads: int, run_seed: int) -> tuple[list[dict], list[int]]:
     """Exact mode: the buffer rows of the validation prompts that form set `name`'s target."""
-    from cropi.selection.scoring import val_target_prompts
 
     rows = read_split(bdir, f"val/{name}", GRADIENT_COLUMNS).to_pylist()
     ids = np.array(sorted({r["prompt_id"] for r in rows}), np.int64)
@@ -139,8 +141,6 @@ def influence_hash(cfg, checkpoint: str, rebuffered: list[int] = ()) -> str:
 def gradient_pool(cfg, checkpoint: str, phase: int | None = None):
     """The gradient actors: of one phase, or (phase None, resources.influence.keep_alive) of the
     whole run, passed to every phase's run_influence."""
-    from cropi.placement import placement_wait
-    from cropi.pool import WorkerPool
 
     r = cfg.resources.influence
     return WorkerPool(GradientActor, lambda i: (cfg, checkpoint), count=r.num_actors, cpus=r.num_cpus, gpus=r.num_gpus,
@@ -158,7 +158,6 @@ def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
     from tqdm import tqdm
 
     from cropi.influence.objective import buffer_drift
-    from cropi.rollout.refresh import live_train_shards, read_refresh_manifest, rebuffered_phases, refreshed_shards
 
     ckpt = phase_start_checkpoint(cfg, phase)
     bdir, bman = complete_manifest(cfg)

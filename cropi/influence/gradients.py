@@ -29,13 +29,13 @@ import torch
 
 from cropi.errors import CropiError
 from cropi.influence.trajectories import TrajectoryBatch
-from cropi.influence.coords import offsets, total_dim
+from cropi.influence.coords import flatten, offsets, total_dim
 from cropi.influence.capture import LayerGradCapture
 from cropi.influence.layout import Layout, body_layout, head_layout
 from cropi.influence.objective import kl_from_behavior_samples, offpolicy_objective, token_logp, token_weights
 from cropi.influence.params import input_embedding, weight_shapes
 from cropi.model.sequences import lm_head
-from cropi.influence.projection import make_projector
+from cropi.influence.projection import make_projector, project
 
 GRAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("exact", "projected", "raw")
@@ -339,8 +339,6 @@ def split_prompt_scores(model, parts: list[TrajectoryBatch], coords: dict, mode:
     group_size = the prompt's whole K, trajectories.plan_passes): the parts' raw sampled gradients are
     summed (a prompt's gradient is a sum over its trajectories), then reduced as prompt_scores
     would. Same outputs, with P = 1."""
-    from cropi.influence.coords import flatten
-    from cropi.influence.projection import project
 
     if mode not in MODES:
         raise CropiError(f"influence mode must be one of {MODES}, got {mode!r}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from cropi.errors import CropiError
+from cropi.model.sequences import budget_batches
 
 
 @dataclass
@@ -148,7 +149,6 @@ def plan_passes(rows: list[dict], max_tokens: int) -> list[tuple[list[dict], dic
     with {prompt_id: K} so that its objective keeps the whole prompt's 1/K normalisation: the
     parts' gradients then sum to the prompt's gradient exactly. -> [(rows, group_size or None)]
     """
-    from cropi.model.sequences import budget_batches
 
     def length(r):
         return len(r["prompt_ids"]) + len(r["response_ids"])

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 
 from cropi.errors import CropiError
+from cropi.placement import local_cpus
+from cropi.plan.memory import device_memory_gib
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,6 @@ def parse_cluster(text: str) -> Cluster:
 def local_cluster(cfg) -> Cluster:
     """This machine as the plan's cluster: what a local Ray head declares (cropi.placement.local_cpus),
     its GPUs, and the device memory the config or the machine gives."""
-    from cropi.placement import local_cpus
-    from cropi.plan.memory import device_memory_gib
 
     gpus = 0
     if cfg.resources.device == "cuda":
@@ -92,8 +92,6 @@ def local_cluster(cfg) -> Cluster:
 def ray_cluster(cfg) -> Cluster:
     """The live Ray cluster this process is connected to, as its nodes declare themselves."""
     import ray
-
-    from cropi.plan.memory import device_memory_gib
 
     nodes = []
     for n in ray.nodes():

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from cropi.errors import CropiError
 from cropi.plan.cluster import Cluster
 from cropi.plan.memory import GIB
+from cropi.selection.baselines import NEEDS_BUFFER
+from cropi.placement import shortfall
 
 EPS = 1e-9
 KEEP_ALIVE = {"train": "trainer.keep_alive", "influence": "resources.influence.keep_alive"}  # what holds a group
@@ -80,7 +82,6 @@ def _b(cpus: float, gpus: float, *actors: str) -> Bundle:
 
 def stages_of(cfg, method: str = "cropi") -> list[Stage]:
     """The placement groups a run of `method` asks for, in order (cropi.loop)."""
-    from cropi.selection.baselines import NEEDS_BUFFER
 
     r = cfg.resources
     ro, inf, tr = r.rollout, r.influence, r.trainer
@@ -244,7 +245,6 @@ def _dev_name(dev, gpu: bool) -> str:
 
 
 def _why(stage: Stage, held: list[Placed], cluster: Cluster, cfg) -> str:
-    from cropi.placement import shortfall
 
     bundles = [{"CPU": b.cpus, **({"GPU": b.gpus} if b.gpus and cfg.resources.device == "cuda" else {})}
                for b in stage.bundles]

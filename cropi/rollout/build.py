@@ -11,8 +11,9 @@ from cropi.data.suite import load_data, targeted
 from cropi.errors import CropiError
 from cropi.model.loading import check_model_dir, load_tokenizer
 from cropi.store.buffer import ShardSpec, claim_buffer, read_manifest, summarise, write_manifest
-from cropi.store.files import remove_stale_tmp
+from cropi.store.files import remove_stale_tmp, shards_to_write
 from cropi.store.paths import RunPaths
+from cropi.ray_utils import check_device, ray_session
 
 
 def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) -> list[ShardSpec]:
@@ -36,7 +37,6 @@ def build_buffer(cfg, progress: bool = True, log=print, data: tuple | None = Non
     built, and refused once the buffer is complete (cropi.store.files.shards_to_write).
     `data`: the (train, val) of cropi.data.suite.load_data, from a caller that loaded them and
     checked the device and model directory (the loop); without it this function does both."""
-    from cropi.ray_utils import check_device
 
     if data is None:
         check_device(cfg)
@@ -68,9 +68,7 @@ def build_buffer(cfg, progress: bool = True, log=print, data: tuple | None = Non
 def _build(cfg, specs: list[ShardSpec], bdir: Path, progress: bool, log) -> None:
     from tqdm import tqdm
 
-    from cropi.ray_utils import ray_session
     from cropi.rollout.writer import write_shards
-    from cropi.store.files import shards_to_write
 
     complete = bool((read_manifest(bdir) or {}).get("complete"))
     todo = shards_to_write(specs, lambda s: bdir / s.relpath, lambda s: s.num_trajectories, log, "buffer", complete)

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from cropi.data.dataset import PromptRow
+from cropi import seeds
+from cropi.data.prompts import PromptEncoder
+from cropi.data.rewards import load_reward, score_batch
+from cropi.model.loading import load_tokenizer
+from cropi.logs import quiet_early_loggers, verbose
 
 
 def engine_env(cfg) -> dict[str, str]:
@@ -36,10 +41,6 @@ def actor_options(cfg) -> dict:
 def open_engine(cfg, model_path: str, worker_index: int):
     """(prompt encoder, vLLM engine, reward function) of rollout worker `worker_index`: what every
     actor that samples holds (cropi.data.prompts: verl's prompt tokenization)."""
-    from cropi import seeds
-    from cropi.data.prompts import PromptEncoder
-    from cropi.data.rewards import load_reward
-    from cropi.model.loading import load_tokenizer
 
     return (PromptEncoder.of(cfg, load_tokenizer(model_path)),
             make_llm(cfg, model_path, seed=seeds.engine(cfg.run.seed, worker_index)), load_reward(cfg.data))
@@ -52,7 +53,6 @@ def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
     Tensor parallelism inside our own actor takes vLLM's multiprocessing executor: by default
     vLLM picks its Ray executor inside a placement group, which refuses a bundle of more than one
     GPU (vllm/v1/executor/ray_utils.py), and our engine's bundle holds all its TP GPUs."""
-    from cropi.logs import verbose
 
     r = cfg.resources.rollout
     kwargs = dict(model=str(model_path), dtype=cfg.model.dtype, max_model_len=cfg.rollout.max_model_len,
@@ -77,7 +77,6 @@ def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
 
 
 def make_llm(cfg, model_path: str, seed: int):
-    from cropi.logs import quiet_early_loggers
 
     quiet_early_loggers()
     for k, v in engine_env(cfg).items():
@@ -133,7 +132,6 @@ def sample_and_score(llm, enc, reward_fn, rows: list[PromptRow], n: int, tempera
     """n samples per prompt, rewarded: (prompt token ids, groups of Samples, rewards [P, n]), and
     with with_components the weighted reward functions' own values ({name: [P, n]} or None).
     `enc`: the run's PromptEncoder (cropi.data.prompts)."""
-    from cropi.data.rewards import score_batch
 
     prompt_ids = [enc.encode(r.messages) for r in rows]
     groups = sample_groups(llm, prompt_ids, n, temperature, top_p, max_new_tokens, seeds)

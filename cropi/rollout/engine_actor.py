@@ -7,6 +7,8 @@ It writes nothing: the offline buffer has its own writer (`writer.BufferWriter`)
 from __future__ import annotations
 
 import ray
+from cropi.placement import placement_wait
+from cropi.pool import WorkerPool
 
 
 @ray.remote
@@ -71,8 +73,6 @@ class RolloutEngine:
 
 def engine_pool(cfg, model_path: str, tag: str, placement=None, bundles=None, **kw):
     """A WorkerPool of RolloutEngines (in `placement`'s `bundles` when given)."""
-    from cropi.placement import placement_wait
-    from cropi.pool import WorkerPool
     from cropi.rollout.engine import actor_options
 
     r = cfg.resources.rollout

@@ -24,6 +24,7 @@ from cropi.store.buffer import ShardSpec, complete_manifest, train_shards
 from cropi.store import records
 from cropi.store.files import remove_stale_tmp, shards_to_write
 from cropi.store.paths import RunPaths, phase_start_checkpoint
+from cropi.errors import CropiError
 
 
 def refresh_specs(cfg, phase: int, pool: list[PromptRow], bdir: Path) -> list[tuple[ShardSpec, Path]]:
@@ -67,7 +68,6 @@ def read_refresh_manifest(cfg, phase: int) -> dict | None:
 
 def refreshed_shards(cfg, phase: int) -> dict[str, Path]:
     """Buffer train shard name -> its refresh shard; CropiError if the refresh has not finished."""
-    from cropi.errors import CropiError
 
     manifest = read_refresh_manifest(cfg, phase)
     if manifest is None:

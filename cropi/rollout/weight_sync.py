@@ -29,6 +29,7 @@ Qwen2: log-probs 0.02 off). So the worker also loads the embedding under the hea
 """
 
 from __future__ import annotations
+from cropi.errors import CropiError
 
 HEAD = "lm_head.weight"
 
@@ -146,7 +147,6 @@ class WeightSyncExtension:
         import json
         import time
 
-        from cropi.errors import CropiError
         from cropi.sync.handles import import_buffer
         from cropi.sync.sender import ipc_key
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import ray
+from cropi.placement import placement_wait
+from cropi.pool import WorkerPool
+from cropi.store.files import write_table
 
 
 @ray.remote
@@ -22,7 +25,6 @@ class BufferWriter:
         """Roll out one shard and write it atomically; returns its counts."""
         from cropi.model.loading import load_model
         from cropi.rollout.shard import build_shard_table
-        from cropi.store.files import write_table
 
         if self.cfg.rollout.hf_recompute and self.hf_model is None:
             device = "cuda" if self.cfg.resources.device == "cuda" else "cpu"
@@ -34,8 +36,6 @@ class BufferWriter:
 
 def write_shards(cfg, model_path: str, jobs: list, tag: str, on_done=None) -> None:
     """Roll out every (ShardSpec, output path) of `jobs` with a pool of BufferWriters."""
-    from cropi.placement import placement_wait
-    from cropi.pool import WorkerPool
     from cropi.rollout.engine import actor_options
 
     r = cfg.resources.rollout

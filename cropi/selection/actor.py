@@ -8,13 +8,15 @@ from cropi import seeds
 from cropi.data.dataset import PromptRow
 from cropi.store import records
 from cropi.store.paths import RunPaths
+from cropi.selection.select import run_selection
+from cropi.placement import placement_wait
+from cropi.pool import WorkerPool
 
 
 def select_phase(cfg, phase: int, pool: list[PromptRow]) -> dict:
     """Select phase M's subset from RUN_DIR/phase-M/influence; writes selection.parquet,
     selection_summary.json and selection.png (composition across phases so far)."""
     from cropi.selection.plot import plot_selection
-    from cropi.selection.select import run_selection
 
     paths = RunPaths.of(cfg)
     prev = paths.selection(phase - 1) if phase > 0 else None
@@ -33,8 +35,6 @@ class Selector:
 
 
 def run_selector(cfg, phase: int, pool: list[PromptRow]) -> dict:
-    from cropi.placement import placement_wait
-    from cropi.pool import WorkerPool
 
     # selecting is a pure function of the influence files and writes its outputs atomically (the
     # summary last), so a selector that dies is restarted by Ray and its call retried

@@ -13,16 +13,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cropi.errors import CropiError
+from cropi.errors import ConfigError, CropiError
 from cropi.store.files import read_json, read_json_if, write_json
 from cropi.store.paths import RunPaths
+from cropi.config import PHASE_ARTIFACTS, from_dict
 
 KEY_VERSION = 2  # phase records without it listed every field but resources, the model by path
 
 def phase_inputs(cfg) -> dict:
     """{'section.field': value} of every field declared to feed a phase's artifacts (buffer,
     influence, selection, training; cropi.config.PHASE_ARTIFACTS), the model by content."""
-    from cropi.config import PHASE_ARTIFACTS
 
     return cfg.artifact_inputs(*PHASE_ARTIFACTS)
 
@@ -57,8 +57,6 @@ def _diff(old: dict, new: dict) -> list[str]:
 
 def _legacy_inputs(paths: RunPaths) -> dict | None:
     """A run written before phase.json existed: the config recorded in run.json."""
-    from cropi.config import from_dict
-    from cropi.errors import ConfigError
 
     raw = read_json_if(paths.run_json, "run record")
     if not raw or "config" not in raw:

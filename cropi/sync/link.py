@@ -21,14 +21,13 @@ from __future__ import annotations
 import time
 
 from cropi.errors import CropiError
+from cropi.ray_utils import get
 
 
 def _await(refs: list, names: list[str], what: str, grace_s: float = 3.0) -> list:
     """Results of refs in order; on the first failure, wait up to grace_s for the others to fail
     too and raise the most telling error: a death names its actor, else the first CropiError."""
     import ray
-
-    from cropi.ray_utils import get
 
     pending, out, errors = dict(zip(refs, range(len(refs)))), [None] * len(refs), []
     deadline = None

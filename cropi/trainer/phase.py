@@ -27,6 +27,9 @@ from cropi.store import records
 from cropi.store.paths import RunPaths
 from cropi.trainer import batching
 from cropi.trainer.rollouts import carried_eval, evaluate, maybe_eval, read_val_names, rollout, split
+from cropi.model.loading import load_tokenizer
+from cropi.trainer.services import TrainingServices
+from cropi.algo.dynamic import DynamicBatch
 
 
 def _latest_tag(state_dir: Path) -> str | None:
@@ -39,8 +42,6 @@ def run_phase(cfg, phase: int, steps: int, pool: list[PromptRow], selected: list
     """Train phase M for `steps` GRPO steps on `selected`; returns the summary (train_summary.json).
     `services` (a TrainingServices kept across phases) serves the engines and ranks; without it the
     phase starts its own and stops them at the end."""
-    from cropi.model.loading import load_tokenizer
-    from cropi.trainer.services import TrainingServices
 
     if not selected:
         raise CropiError(f"phase {phase}: the selection is empty; nothing to train on")
@@ -240,7 +241,6 @@ def _rollouts(cfg, phase: int, step: int, selected: list[int], by_id: dict, engi
     """The step's groups: B prompts drawn from the selection (cropi.seeds.train_batch), G rollouts
     each; with trainer.dynamic_sampling, further rounds of B until B groups with unequal rewards
     are kept or the cap is reached (cropi.algo.dynamic). -> (rollouts, rewards [B', G], metrics)."""
-    from cropi.algo.dynamic import DynamicBatch
 
     t = cfg.trainer
     rng = random.Random(seeds.train_batch(cfg.run.seed, phase, step))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import ray
+from cropi.logs import quiet_prints
 
 
 @ray.remote
@@ -36,7 +37,6 @@ class TrainerRank:
             os.environ["DS_ACCELERATOR"] = "cpu"
         import deepspeed
 
-        from cropi.logs import quiet_prints
         from cropi.model.loading import load_model
 
         with quiet_prints():  # the CPU backend's "Shared Memory Comm built successfully"

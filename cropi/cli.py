@@ -195,7 +195,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-
     print(run_status(args.run_dir))
     return 0
 
@@ -208,7 +207,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-
     overrides = list(args.overrides)
     if args.job:  # each arm's config is rebuilt from file + overrides: pin what the job's checks decided
         from cropi.entry import load
@@ -230,13 +228,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_compare_report(args) -> int:
-
     print(f"wrote {write_compare_report(Path(args.root), args.out or None)}")
     return 0
 
 
 def cmd_config_reference(args) -> int:
-
     print(reference_markdown())
     return 0
 

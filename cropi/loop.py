@@ -79,7 +79,6 @@ METHODS = ("cropi", "full", "random", "filtered", "difficulty")  # the CLI's --m
 
 
 def _write_baseline_selection(cfg, phase: int, pool: list[PromptRow], method: str) -> None:
-
     path = RunPaths.of(cfg).selection(phase)
     if path.is_file():
         return
@@ -137,7 +136,6 @@ class Method:
 
     @property
     def reads_buffer(self) -> bool:
-
         return self.name in NEEDS_BUFFER
 
     def select(self, run: "_Run", m: int) -> None:
@@ -185,7 +183,6 @@ class _Run:
     that needs it. Closed in reverse order of start."""
 
     def __init__(self, cfg, pool: list[PromptRow], val, log):
-
         self.cfg, self.pool, self.val, self.log = cfg, pool, val, log
         self.paths = RunPaths.of(cfg)
         self.timings: dict[str, float] = {}
@@ -273,7 +270,6 @@ class _Run:
         return with_retries(attempt, cfg.run.max_stage_retries, again)
 
     def phase(self, m: int, method: Method) -> None:
-
         self.metrics.gauge("cropi_phase", m)
         if self.paths.phase_done(m):
             self.log(f"phase {m}: complete, skipped")

@@ -31,7 +31,6 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class RunMetrics:
     def __init__(self, run_dir: str | Path, run_name: str, refresh_s: float = 5.0):
-
         self.path = RunPaths(run_dir).metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run = run_name

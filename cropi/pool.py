@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from cropi.errors import CropiError, WorkerDied, WorkerHung
-from cropi.placement import Placement, PlacementWait, workers_placement
+from cropi.placement import Placement, PlacementWait, lost_nodes_note, workers_placement
 from cropi.logs import actor_env
 from cropi.ray_utils import get
 
@@ -83,13 +83,15 @@ class WorkerPool:
         for a in stuck:
             ray.kill(a, no_restart=True)
         return WorkerHung(f"{self.what}: {', '.join(names)} did not answer {what} within run.hang_timeout_s = "
-                          f"{timeout_s:g} s (hung: a stuck collective or a stopped process) and "
-                          f"{'was' if len(names) == 1 else 'were'} killed; " + self.on_death)
+                          f"{timeout_s:g} s (hung: a stuck collective, a stopped process, or an actor that cannot "
+                          f"be placed again) and {'was' if len(names) == 1 else 'were'} killed; " + self.on_death
+                          + lost_nodes_note(ray.nodes()))
 
     def _died(self, e: Exception, item: Any, describe: Callable[[Any], str]) -> CropiError:
+        import ray
 
         return WorkerDied(f"{self.what}: a worker died while working on {describe(item)} ({type(e).__name__}); "
-                          + self.on_death)
+                          + self.on_death + lost_nodes_note(ray.nodes()))
 
     def map(self, call: Callable[[Any, Any], Any], items: Sequence, on_done: Callable[[Any, Any], None] | None = None,
             describe: Callable[[Any], str] = str, timeout_s: float = 0.0) -> list:

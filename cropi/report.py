@@ -72,7 +72,6 @@ def _timings(paths: RunPaths, out: Path) -> dict:
 
 
 def write_report(run_dir: str | Path) -> Path:
-
     paths = RunPaths(run_dir)
     d = paths.root
     status = run_status(d)

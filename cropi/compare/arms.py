@@ -22,7 +22,6 @@ class Arm:
 
     @property
     def needs_buffer(self) -> bool:
-
         return self.method == "cropi" or self.method in NEEDS_BUFFER
 
 

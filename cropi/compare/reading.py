@@ -115,7 +115,6 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
 
 
 def _selected(path: Path) -> list[int]:
-
     return selected_ids(path) if path.is_file() else []
 
 
@@ -139,7 +138,6 @@ def _pool_families(run: ArmRun, run_dir: Path) -> tuple[dict[int, str], dict[int
 
 
 def _buffer_stats(seed_root: Path) -> dict[int, tuple[float, float]] | None:
-
     b = seed_root / "buffer"
     return prompt_reward_stats(b) if (b / "manifest.json").is_file() else None
 

@@ -32,7 +32,6 @@ seed_dir, arm_dir = compare_seed_dir, compare_arm_dir  # cropi.store.paths owns 
 
 
 def arm_config(config_path: str, overrides: list[str], arm: Arm, seed: int, root: Path):
-
     return resolve(load_config(config_path, [*overrides, *arm.overrides, f"run.seed={seed}",
                                              f"run.dir={arm_dir(root, seed, arm.name)}"]))
 

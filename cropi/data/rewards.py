@@ -233,7 +233,6 @@ class WeightedRewards:
         return self.combine(self.components(responses, rows))
 
     def __call__(self, response: str, ground_truth: str, data_source: str = "", extra_info: dict | None = None):
-
         return self.batch([response], [PromptRow(-1, data_source, [], str(ground_truth), dict(extra_info or {}))])[0]
 
 

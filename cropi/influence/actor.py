@@ -184,7 +184,8 @@ def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
         val_ref = None
         if inf.mode == "exact":
             chosen = {s: val_target_rows(bdir, s, cfg.selection.max_val_grads, cfg.run.seed) for s in sets}
-            grads = pool.map(lambda a, s: a.val_gradient.remote(ckpt, chosen[s][0]), sets, describe=lambda s: f"validation set {s}")
+            grads = pool.map(lambda a, s: a.val_gradient.remote(ckpt, chosen[s][0]), sets, describe=lambda s: f"validation set {s}",
+                             timeout_s=cfg.run.hang_timeout_s)
             val_grads = dict(zip(sets, grads))
             targets = {}
             for s, g in val_grads.items():
@@ -197,7 +198,7 @@ def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
         else:
             todo_sets = shards_to_write(sets, lambda s: store.val_shard_path(idir, s), None, log, f"phase {phase} influence")
             cols = pool.map(lambda a, s: a.score_rows.remote(ckpt, read_split(bdir, f"val/{s}", GRADIENT_COLUMNS).to_pylist(), None),
-                            todo_sets, describe=lambda s: f"validation set {s}")
+                            todo_sets, describe=lambda s: f"validation set {s}", timeout_s=cfg.run.hang_timeout_s)
             for s, c in zip(todo_sets, cols):
                 store.write_shard(_table(c), store.val_shard_path(idir, s))
         todo = shards_to_write(shards, lambda p: store.train_shard_path(idir, p.name),
@@ -205,7 +206,8 @@ def run_influence(cfg, phase: int, log=print, pool=None) -> dict:
         with tqdm(total=len(shards), initial=len(shards) - len(todo), desc=f"phase {phase} gradient shards") as bar:
             pool.map(lambda a, p: a.score_shard.remote(ckpt, str(p), str(store.train_shard_path(idir, p.name)), val_ref,
                                                        str(fresh[p.name]) if p.name in fresh else None),
-                     todo, on_done=lambda *_: bar.update(1), describe=lambda p: f"buffer shard {p.name}")
+                     todo, on_done=lambda *_: bar.update(1), describe=lambda p: f"buffer shard {p.name}",
+                     timeout_s=cfg.run.hang_timeout_s)
         if kept:  # the actors live on without their model while the other stages run
             pool.each(lambda a: a.release.remote())
     kl, num_tokens, zero = store.read_drift_columns([store.train_shard_path(idir, p.name) for p in shards])

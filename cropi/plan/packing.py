@@ -245,7 +245,6 @@ def _dev_name(dev, gpu: bool) -> str:
 
 
 def _why(stage: Stage, held: list[Placed], cluster: Cluster, cfg) -> str:
-
     bundles = [{"CPU": b.cpus, **({"GPU": b.gpus} if b.gpus and cfg.resources.device == "cuda" else {})}
                for b in stage.bundles]
     nodes = [{"CPU": n.cpus, **({"GPU": float(n.gpus)} if cfg.resources.device == "cuda" else {})} for n in cluster.nodes]

@@ -77,7 +77,6 @@ def llm_kwargs(cfg, model_path: str, seed: int) -> dict:
 
 
 def make_llm(cfg, model_path: str, seed: int):
-
     quiet_early_loggers()
     for k, v in engine_env(cfg).items():
         os.environ.setdefault(k, v)

@@ -44,4 +44,4 @@ def write_shards(cfg, model_path: str, jobs: list, tag: str, on_done=None) -> No
                     options=actor_options(cfg), wait=placement_wait(cfg),
                     fields="resources.rollout.num_workers, num_cpus and num_gpus") as pool:
         pool.map(lambda w, job: w.build_shard.remote(job[0], str(job[1])), jobs,
-                 on_done=on_done, describe=lambda job: job[0].relpath)
+                 on_done=on_done, describe=lambda job: job[0].relpath, timeout_s=cfg.run.hang_timeout_s)

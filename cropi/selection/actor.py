@@ -35,7 +35,6 @@ class Selector:
 
 
 def run_selector(cfg, phase: int, pool: list[PromptRow]) -> dict:
-
     # selecting is a pure function of the influence files and writes its outputs atomically (the
     # summary last), so a selector that dies is restarted by Ray and its call retried
     r = cfg.resources.influence.max_restarts

@@ -169,3 +169,17 @@ def test_cli_plan_prints_fit_placement_and_cost(models, capsys):
     assert main(["plan", PAPER, "--set", f"model.path={models['1.5b']}", "--cluster", "1x8xH100-80GB",
                  "--set", "trainer.keep_alive=true"]) == 2
     assert "phase 1 influence" in capsys.readouterr().err
+
+
+def test_kept_alive_gradient_actors_are_placed_once_and_checked_at_work_in_every_phase(models):
+    # 16 GPUs: the 8 gradient actors and the 6 + 2 training GPUs are both held
+    cfg, plan = _plan(PAPER, models["1.5b"], "2x8xH100-80GB", "resources.influence.keep_alive=true")
+    check(plan)
+    rows = {r["stage"]: r for r in plan["placement"]}
+    assert "held" not in rows["phase 0 influence"] and rows["phase 1 influence"]["held"]
+    assert rows["phase 1 influence"]["gpus"] == cfg.resources.influence.num_actors
+    # later phases' scoring runs beside the resting training actors: their states are counted
+    fit = rows["phase 1 influence"]["fit"]
+    assert "gradient actor" in fit["actors"], fit
+    train_fit = rows["phase 0 train"]["fit"]
+    assert all(a != "gradient actor" for a in train_fit["actors"])  # released while training runs

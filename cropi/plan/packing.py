@@ -51,6 +51,7 @@ class Stage:
     fields: str  # the config fields that size it
     kind: str  # buffer | refresh | influence | rebuffer | select | train
     holds: bool = False  # its group stays reserved after the stage (trainer / resources.influence keep_alive)
+    reuses: str = ""  # the kind of a held group whose bundles it runs in (no new placement group)
 
 
 @dataclass
@@ -104,11 +105,10 @@ def stages_of(cfg, method: str = "cropi") -> list[Stage]:
         if method == "cropi":
             if cfg.influence.refresh_zero_grad:
                 out.append(Stage(f"phase {m} refresh", list(rollers), wf, "refresh"))
-            if not inf.keep_alive or m == 0:
-                out.append(Stage(f"phase {m} influence", [_b(inf.num_cpus, inf.num_gpus, "gradient actor")
-                                                           for _ in range(inf.num_actors)],
-                                 "resources.influence.num_actors, num_cpus and num_gpus", "influence",
-                                 holds=inf.keep_alive))
+            out.append(Stage(f"phase {m} influence", [_b(inf.num_cpus, inf.num_gpus, "gradient actor")
+                                                       for _ in range(inf.num_actors)],
+                             "resources.influence.num_actors, num_cpus and num_gpus", "influence",
+                             holds=inf.keep_alive and m == 0, reuses="influence" if inf.keep_alive and m else ""))
             if cfg.influence.kl_refresh_threshold > 0:
                 out.append(Stage(f"phase {m} rebuffer", list(writers), wf, "rebuffer"))
             out.append(Stage(f"phase {m} select", [_b(1, 0)], "the other stages' resources (the selector needs 1 CPU)",
@@ -200,6 +200,16 @@ def simulate(cfg, cluster: Cluster, parts: dict[str, dict[str, float]] | None, m
     held: list[Placed] = []
     verdict = Verdict()
     for stage in stages_of(cfg, method):
+        if stage.reuses:  # the held group's actors at work in their own bundles, beside the other held ones
+            own = next(h for h in held if h.stage.kind == stage.reuses)
+            placed = Placed(stage, own.slots)
+            row = {"stage": stage.name, "placed": True, "bundles": len(stage.bundles), "held": True,
+                   "nodes": sorted({d[0] for devs in own.slots for d in devs}),
+                   "gpus": sum(1 for devs in own.slots for d in devs if d[1] is not None)}
+            if parts is not None:
+                row["fit"] = _fit(cfg, placed, [h for h in held if h is not own], nodes, parts, gpu)
+            verdict.stages.append(row)
+            continue
         slots = _place(nodes, stage)
         if slots is None:
             verdict.problem = _why(stage, held, cluster, cfg)
@@ -272,6 +282,9 @@ def reserve_in_order(cfg, method: str = "cropi", timeout_s: float = 10.0) -> lis
     held, rows = [], []
     try:
         for stage in stages_of(cfg, method):
+            if stage.reuses:  # runs in a group already held: nothing new to reserve
+                rows.append({"stage": stage.name, "placed": True})
+                continue
             bundles = [{"CPU": b.cpus, **({"GPU": b.gpus} if b.gpus else {})} for b in stage.bundles]
             pg = placement_group(bundles, strategy="PACK")
             ok = bool(ray.wait([pg.ready()], timeout=timeout_s)[0])

@@ -23,7 +23,7 @@ MODES = {
 
 
 def _sets(mode):
-    return [a for s in MODES[mode] for a in ("--set", s)]
+    return MODES[mode]
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,7 @@ def test_the_second_node_lost_mid_stage_then_the_rerun_matches(reference, cluste
              "influence": lambda n: harness.count_files(run / "phase-0" / "influence" / "train") >= n,
              "train": lambda n: harness.count_lines(run / "phase-0" / "train_metrics.jsonl") >= n + 1}[stage]
     n = rng.randint(1, 4 if stage == "train" else 8)
-    bounds = ["--set", "resources.placement_timeout_s=30", "--set", "run.hang_timeout_s=60",
-              "--set", "trainer.sync_timeout_s=30"]
+    bounds = ["resources.placement_timeout_s=30", "run.hang_timeout_s=60", "trainer.sync_timeout_s=30"]
     proc = harness.start(tmp_path, *bounds, ray_address=cluster.address)
     harness.wait_until(lambda: point(n), proc)
     t0 = time.time()

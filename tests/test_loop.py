@@ -101,7 +101,7 @@ def test_ray_job_submit_to_local_head(tiny_model, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback only
     env.pop("RAY_ADDRESS", None)
     start = [str(BIN / "ray"), "start", "--head", "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}",
-             f"--port={gcs}", "--num-cpus=2", f"--metrics-export-port={metrics}", f"--temp-dir={tmp}",
+             f"--port={gcs}", "--num-cpus=5", f"--metrics-export-port={metrics}", f"--temp-dir={tmp}",
              "--disable-usage-stats"]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
     try:

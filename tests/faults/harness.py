@@ -77,6 +77,16 @@ def pids(actor: str, proc: subprocess.Popen) -> list[int]:
     return actor_pids(actor, proc.pid)
 
 
+def reached(run_dir: Path, stage: str, n: int) -> bool:
+    """The seeded fault point of a stage: n buffer shards, n gradient shards, or n training steps
+    logged (after step 0)."""
+    if stage == "buffer":
+        return count_files(run_dir / "buffer" / "train") >= n
+    if stage == "influence":
+        return count_files(run_dir / "phase-0" / "influence" / "train") >= n
+    return count_lines(run_dir / "phase-0" / "train_metrics.jsonl") >= n + 1
+
+
 def count_files(d: Path, pattern: str = "shard-*.parquet") -> int:
     return len(list(d.glob(pattern))) if d.is_dir() else 0
 

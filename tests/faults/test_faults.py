@@ -143,12 +143,9 @@ def test_a_stopped_rank_or_engine_is_taken_as_hung_killed_and_the_stage_redone(r
 def test_killed_driver_then_rerun_resumes(reference, tmp_path, stage):
     rng = random.Random(f"driver-{stage}")
     run = tmp_path / "run"
-    point = {"buffer": lambda n: harness.count_files(run / "buffer" / "train") >= n,
-             "influence": lambda n: harness.count_files(run / "phase-0" / "influence" / "train") >= n,
-             "train": lambda n: harness.count_lines(run / "phase-0" / "train_metrics.jsonl") >= n + 1}[stage]
     n = rng.randint(1, 5 if stage == "train" else 10)
     proc = harness.start(tmp_path)
-    harness.wait_until(lambda: point(n), proc)
+    harness.wait_until(lambda: harness.reached(run, stage, n), proc)
     time.sleep(rng.uniform(0.0, 0.5))
     harness.kill_run(proc)
     harness.run(tmp_path)

@@ -65,13 +65,10 @@ def test_the_second_node_lost_mid_stage_then_the_rerun_matches(reference, cluste
 
     rng = random.Random(f"node-{stage}")
     run = tmp_path / "run"
-    point = {"buffer": lambda n: harness.count_files(run / "buffer" / "train") >= n,
-             "influence": lambda n: harness.count_files(run / "phase-0" / "influence" / "train") >= n,
-             "train": lambda n: harness.count_lines(run / "phase-0" / "train_metrics.jsonl") >= n + 1}[stage]
     n = rng.randint(1, 4 if stage == "train" else 8)
     bounds = ["resources.placement_timeout_s=30", "run.hang_timeout_s=60", "trainer.sync_timeout_s=30"]
     proc = harness.start(tmp_path, *bounds, ray_address=cluster.address)
-    harness.wait_until(lambda: point(n), proc)
+    harness.wait_until(lambda: harness.reached(run, stage, n), proc)
     t0 = time.time()
     assert cluster.kill_node2()
     out, _ = proc.communicate(timeout=600)  # reads as it runs: a full pipe would stall the run

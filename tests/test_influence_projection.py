@@ -182,3 +182,25 @@ def test_sjlt_preserves_inner_products_like_jl():
             errs.append(float(((g_y - g_x) / (norms[:, None] * norms[None, :])).abs().max()))
         # JL at k = 1024: cosine errors of order 1/sqrt(k) ~ 0.03; 0.15 is five of those
         assert max(errs) < 0.15, (kind, errs)
+
+
+def test_sjlt_hash_cache_changes_no_bit_and_respects_its_cap(monkeypatch):
+    """The folded hashes kept for later passes give the bits a fresh draw gives; past the cap a
+    block is drawn again, not kept; a non-finite row is flagged without touching the others."""
+    from cropi.influence import projection
+
+    x = _x(rows=3, dim=BLOCK_ROWS + 777, seed=5)
+    monkeypatch.setattr(projection, "_SJLT_CACHE", {})
+    monkeypatch.setattr(projection, "_SJLT_CACHED_BYTES", [0])
+    cold = project(x, 256, "sjlt", seed=2)
+    assert len(projection._SJLT_CACHE[(2, 256, "cpu")]) == 2  # both blocks kept
+    assert torch.equal(project(x, 256, "sjlt", seed=2), cold)  # warm: from the cache
+    monkeypatch.setattr(projection, "_SJLT_CACHE", {})
+    monkeypatch.setattr(projection, "_SJLT_CACHED_BYTES", [0])
+    monkeypatch.setattr(projection, "SJLT_CACHE_MB", 0)
+    assert torch.equal(project(x, 256, "sjlt", seed=2), cold)  # no cache at all: the same bits
+    assert projection._SJLT_CACHE[(2, 256, "cpu")] == {} and projection._SJLT_CACHED_BYTES[0] == 0
+    bad = x.clone()
+    bad[1, 10] = float("nan")
+    out = project(bad, 256, "sjlt", seed=2)
+    assert bool(out[1].isnan().all()) and torch.equal(out[[0, 2]], cold[[0, 2]])

@@ -21,6 +21,8 @@ from cropi.placement import Placement, PlacementWait, lost_nodes_note, workers_p
 from cropi.logs import actor_env
 from cropi.ray_utils import get
 
+PEER_DEATH_GRACE_S = 30.0  # how long a failed collective call waits to learn whether a peer died
+
 
 def with_log_env(options: dict | None) -> dict:
     """The actor options with cropi's log settings (cropi.logs) in runtime_env.env_vars; the
@@ -134,17 +136,40 @@ class WorkerPool:
         answered by then are hung (killed, WorkerHung naming them)."""
         import ray
 
+        if items is not None and len(items) != len(self.actors):
+            raise CropiError(f"{self.what}: {len(items)} items for {len(self.actors)} actors")
         try:
-            if items is None:
-                refs = [call(a) for a in self.actors]
-            else:
-                if len(items) != len(self.actors):
-                    raise CropiError(f"{self.what}: {len(items)} items for {len(self.actors)} actors")
-                refs = [call(a, x) for a, x in zip(self.actors, items)]
+            refs = [call(a) for a in self.actors] if items is None else [call(a, x) for a, x in zip(self.actors, items)]
             if timeout_s > 0:
                 _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
                 if late:
                     raise self._hung([self.actors[refs.index(r)] for r in late], timeout_s, what)
+        except ray.exceptions.RayActorError as e:
+            raise self._died(e, "a collective call", str) from None
+        try:
             return get(refs)
         except ray.exceptions.RayActorError as e:
             raise self._died(e, "a collective call", str) from None
+        except Exception:  # a peer's death shows first as the survivors' collective error
+            dead = self._dead_among(refs, timeout_s)
+            if dead is None:
+                raise
+            raise self._died(dead, "a collective call", str) from None
+
+    def _dead_among(self, refs: list, timeout_s: float, grace_s: float = PEER_DEATH_GRACE_S):
+        """After one actor of a collective call failed: the RayActorError of an actor that died,
+        if any did, else None. The survivors of a dead rank fail first (gloo: "Connection closed
+        by peer", NCCL: a communicator error) while Ray still reports the dead one's task as
+        pending; give every call up to grace_s (bounded by the call's timeout) to settle."""
+        import ray
+
+        wait = grace_s if timeout_s <= 0 else min(grace_s, timeout_s)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                return e
+            except Exception:  # a survivor's own error: not a death
+                continue
+        return None

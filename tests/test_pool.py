@@ -29,6 +29,17 @@ class Echo:
     def pid(self):
         return os.getpid()
 
+    def collective(self, role):
+        """A collective step whose peer dies: the survivor fails first, as gloo does ("Connection
+        closed by peer"), before the dead one's death is known."""
+        if role == "survivor":
+            raise RuntimeError("Connection closed by peer [127.0.0.1]:5315")
+        if role == "dies":
+            time.sleep(0.5)
+            os._exit(1)
+        time.sleep(0.5)
+        return role
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -126,3 +137,20 @@ def test_a_stopped_actor_is_named_as_hung_and_killed(ray_local, how):
         assert time.time() - t0 < 30
         assert _stopped_process_is_gone(pids[1])  # never left holding its slot (or a GPU)
     assert _gone(f"cropi-test-h{how}")
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, 20.0])
+def test_a_collective_whose_peer_died_is_a_death_not_the_survivors_error(ray_local, timeout_s):
+    """Rank 0's collective error surfaces first (refs in actor order), but rank 1 died: the pool
+    says a worker died (WorkerDied: the loop redoes the stage). With no death, the survivor's
+    own error stands."""
+    from cropi.errors import WorkerDied
+
+    with pytest.raises(WorkerDied, match="test stage: a worker died while working on a collective call"):
+        with _pool("cropi-test-p") as pool:
+            pool.each(lambda a, role: a.collective.remote(role), ["survivor", "dies"], timeout_s=timeout_s)
+    assert _gone("cropi-test-p")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        with _pool("cropi-test-q") as pool:
+            pool.each(lambda a, role: a.collective.remote(role), ["survivor", "fine"], timeout_s=timeout_s)
+    assert _gone("cropi-test-q")

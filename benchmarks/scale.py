@@ -191,10 +191,10 @@ def influence_child(prompts: int, budget: int) -> dict:
     t0 = time.perf_counter()
     out = score_rows(model, coords, 0, rows, inf, 29, val)
     dt = time.perf_counter() - t0
-    from cropi.influence.trajectories import plan_passes
+    from cropi.influence.trajectories import split_passes
 
     return {"mode": "influence", "prompts": prompts, "sequences": len(rows), "budget_tokens": budget,
-            "passes": len(plan_passes(rows, budget)), "response_tokens": ntok,
+            "passes": len(split_passes(rows, budget)), "response_tokens": ntok,
             "peak_rss_above_setup_mib": round(_status_mb("VmHWM") - base, 1), "seconds": round(dt, 2),
             "ms_per_token": round(1000 * dt / ntok, 3),
             "dots": out["dot__v"].tolist(), "norms": out["norm"].tolist(),
@@ -232,7 +232,7 @@ def plan_estimates(rows: list[dict]) -> None:
 def plan_influence(r: dict) -> None:
     """cropi.plan's gradient-actor estimate above set-up (activations of one pass, the head chunk,
     per-prompt sampled gradients of the largest layer) next to the measured peak."""
-    from cropi.influence.trajectories import plan_passes
+    from cropi.influence.trajectories import split_passes
     from cropi.plan import GIB, INFLUENCE_HEAD_COPIES, ModelShape
 
     if "peak_rss_above_setup_mib" not in r:
@@ -240,7 +240,7 @@ def plan_influence(r: dict) -> None:
     shape = ModelShape.from_config(_model().config)
     rows = _influence_rows(r["prompts"], seed=1)
     tokens, prompts = 0, 0
-    for part, _ in plan_passes(rows, r["budget_tokens"]):
+    for part, _ in split_passes(rows, r["budget_tokens"]):
         tokens = max(tokens, len(part) * max(len(x["prompt_ids"]) + len(x["response_ids"]) for x in part))
         prompts = max(prompts, len({x["prompt_id"] for x in part}))
     est = (shape.activations(tokens, 4, False) + shape.head_chunk(CHUNK, INFLUENCE_HEAD_COPIES)

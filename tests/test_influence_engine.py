@@ -277,12 +277,12 @@ def _budget_rows(seed):
 
 
 def test_plan_passes_packs_whole_prompts_and_splits_only_oversized_ones():
-    from cropi.influence.trajectories import plan_passes
+    from cropi.influence.trajectories import split_passes
 
     rows = _budget_rows(1)
     length = {id(r): len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows}
     for budget in (0, 20, 45, 10 ** 6):
-        passes = plan_passes(rows, budget)
+        passes = split_passes(rows, budget)
         assert sorted(id(r) for p, _ in passes for r in p) == sorted(id(r) for r in rows)  # every row once
         for part, group in passes:
             pids = {r["prompt_id"] for r in part}
@@ -293,13 +293,13 @@ def test_plan_passes_packs_whole_prompts_and_splits_only_oversized_ones():
             else:  # part of one prompt that alone exceeds the budget
                 (pid,) = pids
                 assert group == {pid: sum(r["prompt_id"] == pid for r in rows)}
-    assert len(plan_passes(rows, 10 ** 6)) == 1 and all(g is None for _, g in plan_passes(rows, 10 ** 6))
-    assert any(g is not None for _, g in plan_passes(rows, 20))
+    assert len(split_passes(rows, 10 ** 6)) == 1 and all(g is None for _, g in split_passes(rows, 10 ** 6))
+    assert any(g is not None for _, g in split_passes(rows, 20))
 
 
 @pytest.mark.parametrize("mode", ["raw", "exact", "projected"])
 def test_split_prompt_equals_whole_prompt(model, coords, val, mode):
-    from cropi.influence.trajectories import plan_passes
+    from cropi.influence.trajectories import split_passes
 
     rows = _budget_rows(2)
     pid = max({r["prompt_id"] for r in rows} - set(ZERO_IDS), key=lambda p: sum(r["prompt_id"] == p for r in rows))
@@ -307,7 +307,7 @@ def test_split_prompt_equals_whole_prompt(model, coords, val, mode):
     assert len(mine) >= 3
     kw = dict(val_grads=val, proj_dim=64, seed=5)
     whole = gradients.prompt_scores(model, make_batch(mine, 0)[0], coords, mode, **kw)
-    parts = plan_passes(mine, 2 * max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in mine) - 1)
+    parts = split_passes(mine, 2 * max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in mine) - 1)
     assert len(parts) >= 2 and all(g == {pid: len(mine)} for _, g in parts)  # split: no pass holds two longest rows
     split = gradients.split_prompt_scores(model, [make_batch(p, 0, g)[0] for p, g in parts], coords, mode, **kw)
     if mode == "raw":

@@ -15,7 +15,7 @@ from cropi.config import load_config
 from cropi.data.rewards import exact_integer
 from cropi.data.suite import load_data
 from cropi.errors import CropiError
-from cropi.rollout.build import plan_shards
+from cropi.rollout.build import buffer_shards
 from cropi.store.buffer import read_split
 
 pytestmark = pytest.mark.integration
@@ -134,7 +134,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tiny_model, tmp_path):
     with pytest.raises(CropiError, match="cannot import module 'no_such'"):
         build_buffer(small_cfg(tmp_path, "data.reward_fn=no_such:f"), progress=False)
     with pytest.raises(CropiError, match="training prompt list is empty"):
-        plan_shards(small_cfg(tmp_path), [], {})
+        buffer_shards(small_cfg(tmp_path), [], {})
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     cfg = load_config("configs/tiny-cpu.yaml", ["data.synthetic=false", f"data.train_path={empty}",

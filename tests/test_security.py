@@ -55,19 +55,19 @@ def test_no_unsafe_call_in_the_package_jobs_benchmarks_or_scripts():
     assert bad == []
 
 
-def test_sync_plan_travels_as_checked_json():
+def test_sync_buckets_travel_as_checked_json():
     import torch
 
-    from cropi.sync.buckets import plan_buckets, plan_from_json, plan_to_json
+    from cropi.sync.buckets import layout_buckets, buckets_from_json, buckets_to_json
 
-    plan = plan_buckets([("a", (3, 4), torch.float32), ("b", (5,), torch.float32), ("c", (2,), torch.bfloat16)], 1 << 20)
-    assert plan_from_json(plan_to_json(plan)) == plan
-    text = plan_to_json(plan)
+    layout = layout_buckets([("a", (3, 4), torch.float32), ("b", (5,), torch.float32), ("c", (2,), torch.bfloat16)], 1 << 20)
+    assert buckets_from_json(buckets_to_json(layout)) == layout
+    text = buckets_to_json(layout)
     for broken, match in ((text.replace('"float32"', '"object"', 1), "dtype"),
                           (text.replace('"numel": 17', '"numel": 18', 1), "holds 17 elements"),
-                          ("\x80\x04pickle", "not a valid bucket plan"), ('[{"dtype": "float32"}]', "not a valid")):
+                          ("\x80\x04pickle", "not a valid bucket layout"), ('[{"dtype": "float32"}]', "not a valid")):
         with pytest.raises(ValueError, match=match):
-            plan_from_json(broken)
+            buckets_from_json(broken)
 
 
 def test_local_ray_dashboard_is_bound_to_loopback():

@@ -321,20 +321,20 @@ def test_two_ppo_epochs_and_two_mini_batches_equal_hand_run_steps(tiny_model):
 
 
 def test_mini_batch_plan_keeps_prompt_groups_and_equals_one_batch_by_default(tiny_model):
-    from cropi.trainer.phase import plan_shards
+    from cropi.trainer.phase import rank_shards
 
     cfg = load_config("configs/tiny-cpu.yaml", ["trainer.group_size=2", "trainer.prompts_per_step=4",
                                                 "trainer.world_size=2"])
     prompts = [[1, 2]] * 8
     responses = [[3] * (1 + i % 3) for i in range(8)]
     mask = torch.arange(3)[None, :] < torch.tensor([len(r) for r in responses])[:, None]
-    one = plan_shards(cfg, prompts, responses, list(range(8)), list(range(8)), [[0.0] * len(r) for r in responses],
+    one = rank_shards(cfg, prompts, responses, list(range(8)), list(range(8)), [[0.0] * len(r) for r in responses],
                       mask, 0)
     assert [len(s["mini_batches"]) for s in one] == [1, 1]
     assert [s["advantages"] for s in one] == [[0, 2, 4, 6], [1, 3, 5, 7]]  # sequences i::W, as before
     assert one[0]["mini_batches"][0]["norm"] == float(mask.sum())
     cfg.trainer.mini_batches = 2
-    two = plan_shards(cfg, prompts, responses, list(range(8)), list(range(8)), [[0.0] * len(r) for r in responses],
+    two = rank_shards(cfg, prompts, responses, list(range(8)), list(range(8)), [[0.0] * len(r) for r in responses],
                       mask, 0)
     seqs = [[two[r]["advantages"][i] for i in [x for mb in two[r]["mini_batches"][j]["micro"] for x in mb]]
             for j in range(2) for r in range(2)]

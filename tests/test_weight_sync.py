@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from cropi.config import load_config
-from cropi.sync.buckets import flatten, plan_buckets, unflatten
+from cropi.sync.buckets import flatten, layout_buckets, unflatten
 from cropi.sync.channel import SyncChannel, SyncTimeout, free_port
 
 
 def test_bucket_plan_packs_in_order_within_budget_and_round_trips():
     shapes = [("a", (3, 4), torch.float32), ("b", (10,), torch.float32), ("big", (100,), torch.float32),
               ("c", (2,), torch.float32), ("h", (4,), torch.bfloat16), ("i", (1,), torch.bfloat16)]
-    plan = plan_buckets(shapes, bucket_bytes=100)  # 25 float32
+    plan = layout_buckets(shapes, bucket_bytes=100)  # 25 float32
     assert [[e.name for e in b.entries] for b in plan] == [["a", "b"], ["big"], ["c"], ["h", "i"]]
     assert [b.dtype for b in plan] == ["float32"] * 3 + ["bfloat16"]
     assert plan[0].entries[1].offset == 12 and plan[0].numel == 22
@@ -26,7 +26,7 @@ def test_bucket_plan_packs_in_order_within_budget_and_round_trips():
         for name, view in unflatten(b, buf):
             assert torch.equal(view, tensors[name]) and view.data_ptr() >= buf.data_ptr()
     with pytest.raises(ValueError):
-        plan_buckets(shapes, 0)
+        layout_buckets(shapes, 0)
 
 
 def _channels(world: int, join: list[int], timeout_s: float):

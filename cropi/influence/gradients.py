@@ -308,7 +308,7 @@ def validation_mean_gradient(model, batches, coords: dict, grad_dtype="float32",
     = gradient of the mean objective: one backward per batch on sum_p J(p), all tokens in one
     group, summed over batches and divided by the total prompt count (zero-gradient prompts
     count; cosine scores do not depend on that scale). `num_prompts` gives that count when a
-    prompt is split over several batches (trajectories.plan_passes), else it is the batches' sum.
+    prompt is split over several batches (trajectories.split_passes), else it is the batches' sum.
     """
     total, count = None, 0
     for batch in batches:
@@ -336,7 +336,7 @@ def split_prompt_scores(model, parts: list[TrajectoryBatch], coords: dict, mode:
                         proj_dim: int = 1024, proj_kind: str = "rademacher", seed: int = 0,
                         grad_dtype="float32", head_chunk_tokens: int = HEAD_CHUNK_TOKENS) -> dict:
     """prompt_scores for ONE prompt whose trajectories come in several batches (each made with
-    group_size = the prompt's whole K, trajectories.plan_passes): the parts' raw sampled gradients are
+    group_size = the prompt's whole K, trajectories.split_passes): the parts' raw sampled gradients are
     summed (a prompt's gradient is a sum over its trajectories), then reduced as prompt_scores
     would. Same outputs, with P = 1."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cropi.influence.trajectories import make_batch, plan_passes
+from cropi.influence.trajectories import make_batch, split_passes
 from cropi.influence.gradients import prompt_scores, split_prompt_scores, validation_mean_gradient
 
 
@@ -17,7 +17,7 @@ def passes(rows: list[dict], pad_id: int, max_tokens: int) -> list[tuple]:
     """(batch or [batches], prompt ids, split) per backward pass; the consecutive split passes of
     one prompt come as one item with the list of its part batches."""
     items: list[tuple] = []
-    for chunk, group_size in plan_passes(rows, max_tokens):
+    for chunk, group_size in split_passes(rows, max_tokens):
         batch, ids = make_batch(chunk, pad_id, group_size)
         if group_size is not None and items and items[-1][2] and items[-1][1] == ids:
             items[-1][0].append(batch)

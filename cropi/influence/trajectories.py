@@ -141,7 +141,7 @@ def make_batch(rows: list[dict], pad_id: int, group_size: dict[int, int] | None 
     return batch.validate(), ids
 
 
-def plan_passes(rows: list[dict], max_tokens: int) -> list[tuple[list[dict], dict[int, int] | None]]:
+def split_passes(rows: list[dict], max_tokens: int) -> list[tuple[list[dict], dict[int, int] | None]]:
     """Backward passes over buffer rows under a token budget (rows x longest row <= max_tokens).
 
     Whole prompts are packed in their order; a prompt whose K trajectories alone exceed the

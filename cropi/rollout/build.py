@@ -16,7 +16,7 @@ from cropi.store.paths import RunPaths
 from cropi.ray_utils import check_device, ray_session
 
 
-def plan_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) -> list[ShardSpec]:
+def buffer_shards(cfg, train: list[PromptRow], val: dict[str, list[PromptRow]]) -> list[ShardSpec]:
     if not train:
         raise CropiError("the training prompt list is empty: nothing to roll out (check data.train_path)")
     for name, rows in val.items():
@@ -45,7 +45,7 @@ def build_buffer(cfg, progress: bool = True, log=print, data: tuple | None = Non
     load_tokenizer(cfg.model.path)  # fail here, not inside an actor, on a broken checkpoint
     load_reward(cfg.data)
     train, val = data
-    specs = plan_shards(cfg, train, targeted(cfg, val))
+    specs = buffer_shards(cfg, train, targeted(cfg, val))
     bdir = RunPaths.of(cfg).buffer
     fresh = not (bdir / "manifest.json").is_file()
     claim_buffer(cfg, specs)

@@ -78,7 +78,7 @@ class WeightSyncExtension:
         device = next(self.get_model().parameters()).device
         self._cropi_channel = SyncChannel(host, port, rank, world, timeout_s, backend, names, str(device), [sender])
         self._cropi_sender = sender
-        self._cropi_plan = None
+        self._cropi_buckets = None
         return rank
 
     def cropi_sync_receive(self, sync_id: int) -> dict:
@@ -86,13 +86,13 @@ class WeightSyncExtension:
         seconds spent in all, and receiving (the rest is vLLM's in-place load)."""
         import time
 
-        from cropi.sync.buckets import plan_from_json, unflatten
+        from cropi.sync.buckets import buckets_from_json, unflatten
 
         ch = self._cropi_channel
         ch.mark(f"ready/{sync_id}")
-        if self._cropi_plan is None:
-            self._cropi_plan = plan_from_json(ch.fetch("plan"))
-        plan, head_src = self._cropi_plan, tied_head_source(self.get_model(), self._cropi_tied())
+        if self._cropi_buckets is None:
+            self._cropi_buckets = buckets_from_json(ch.fetch("buckets"))
+        plan, head_src = self._cropi_buckets, tied_head_source(self.get_model(), self._cropi_tied())
         arrive = self._cropi_ipc_buckets(sync_id) if ch.backend == "store" else self._cropi_broadcast_buckets(sync_id)
         count, waited, t0 = 0, [0.0], time.perf_counter()
 

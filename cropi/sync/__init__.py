@@ -1,6 +1,6 @@
 """Trainer -> vLLM weight sync by collective broadcast (`trainer.sync: broadcast`).
 
-    buckets.py   which tensors travel together: a plan of fixed-size buckets, flatten/unflatten
+    buckets.py   which tensors travel together: a layout of fixed-size buckets, flatten/unflatten
     channel.py   the process group of trainer rank 0 and every vLLM worker: rendezvous, timeouts,
                  errors that name the peer that did not answer
     sender.py    trainer side: stream the parameters bucket by bucket (ZeRO-3 gathers one bucket)

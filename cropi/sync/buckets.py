@@ -1,7 +1,7 @@
-"""Bucket plan of a weight sync: consecutive tensors packed into flat buffers of at most
+"""Bucket layout of a weight sync: consecutive tensors packed into flat buffers of at most
 `bucket_bytes` (a tensor larger alone gets a bucket of its own). Pure: names, shapes, dtypes.
 
-Sender and receivers derive nothing themselves: rank 0 computes the plan from its module and
+Sender and receivers derive nothing themselves: rank 0 computes the layout from its module and
 publishes it, so both sides agree on every offset by construction.
 """
 
@@ -39,7 +39,7 @@ class Bucket:
         return self.numel * torch.empty((), dtype=self.torch_dtype).element_size()
 
 
-def plan_buckets(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> list[Bucket]:
+def layout_buckets(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes: int) -> list[Bucket]:
     """Group (name, shape, dtype) in order into buckets of one dtype and at most bucket_bytes."""
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
@@ -68,37 +68,37 @@ def plan_buckets(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], bucket
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-def plan_to_json(plan: list[Bucket]) -> str:
-    """The plan as the text rank 0 publishes in the sync group's store (JSON, never pickle: the
+def buckets_to_json(layout: list[Bucket]) -> str:
+    """The layout as the text rank 0 publishes in the sync group's store (JSON, never pickle: the
     store is a TCP port another process could write to)."""
     import json
 
     return json.dumps([{"dtype": b.dtype, "numel": b.numel, "entries": [[e.name, list(e.shape), e.offset]
-                                                                        for e in b.entries]} for b in plan])
+                                                                        for e in b.entries]} for b in layout])
 
 
-def plan_from_json(text: str | bytes) -> list[Bucket]:
-    """The published plan, checked: known dtypes, and each bucket's entries tiling its buffer in order."""
+def buckets_from_json(text: str | bytes) -> list[Bucket]:
+    """The published layout, checked: known dtypes, and each bucket's entries tiling its buffer in order."""
     import json
 
     try:
         raw = json.loads(text)
-        plan = [Bucket(str(b["dtype"]), int(b["numel"]),
+        layout = [Bucket(str(b["dtype"]), int(b["numel"]),
                        tuple(Entry(str(n), tuple(int(x) for x in shape), int(off)) for n, shape, off in b["entries"]))
                 for b in raw]
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"weight sync plan is not a valid bucket plan: {e}") from None
-    for i, b in enumerate(plan):
+        raise ValueError(f"weight sync layout is not a valid bucket layout: {e}") from None
+    for i, b in enumerate(layout):
         if b.dtype not in _DTYPES:
-            raise ValueError(f"weight sync plan: bucket {i} has dtype {b.dtype!r}, not one of {_DTYPES}")
+            raise ValueError(f"weight sync layout: bucket {i} has dtype {b.dtype!r}, not one of {_DTYPES}")
         at = 0
         for e in b.entries:
             if e.offset != at or any(x < 0 for x in e.shape):
-                raise ValueError(f"weight sync plan: bucket {i} entry {e.name!r} does not follow its predecessor")
+                raise ValueError(f"weight sync layout: bucket {i} entry {e.name!r} does not follow its predecessor")
             at += e.numel
         if at != b.numel:
-            raise ValueError(f"weight sync plan: bucket {i} holds {at} elements, says {b.numel}")
-    return plan
+            raise ValueError(f"weight sync layout: bucket {i} holds {at} elements, says {b.numel}")
+    return layout
 
 
 def flatten(bucket: Bucket, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> torch.Tensor:

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from cropi.sync.buckets import Bucket, flatten, plan_buckets
+from cropi.sync.buckets import Bucket, flatten, layout_buckets
 from cropi.sync.handles import export_buffer
 from cropi.sync.export import gathered
 
@@ -29,11 +29,11 @@ def full_shape(p: torch.nn.Parameter) -> tuple[int, ...]:
     return tuple(getattr(p, "ds_shape", p.shape))
 
 
-def sync_plan(module, bucket_bytes: int) -> list[Bucket]:
-    return plan_buckets([(n, full_shape(p), p.dtype) for n, p in named_params(module).items()], bucket_bytes)
+def sync_buckets(module, bucket_bytes: int) -> list[Bucket]:
+    return layout_buckets([(n, full_shape(p), p.dtype) for n, p in named_params(module).items()], bucket_bytes)
 
 
-def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: int, device: str = "cpu") -> dict:
+def send_weights(module, zero_stage: int, layout: list[Bucket], channel, sync_id: int, device: str = "cpu") -> dict:
     """One sync. A rank with a channel sends: it waits for its receivers to be ready, sends each
     bucket (broadcast: rank 0 to every engine worker; ipc: this rank's buffers to its colocated
     engine, as shared-memory handles), and waits for them to confirm they loaded it. Under ZeRO-3
@@ -47,7 +47,7 @@ def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: 
         channel.wait_for(f"ready/{sync_id}", f"get ready for weight sync {sync_id}")
     t_ready = time.perf_counter() - t0
     nbytes, in_flight = 0, None  # (handle to wait on, buffer, what) of the bucket on its way
-    for i, b in enumerate(plan):
+    for i, b in enumerate(layout):
         ps = [params[e.name] for e in b.entries]
         with gathered(ps, zero_stage), torch.no_grad():
             if channel is not None:
@@ -57,7 +57,7 @@ def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: 
         if channel is not None:
             if in_flight is not None:
                 _settle(channel, in_flight)
-            what = f"bucket {i + 1}/{len(plan)} ({b.nbytes / 2**20:.1f} MiB) of sync {sync_id}"
+            what = f"bucket {i + 1}/{len(layout)} ({b.nbytes / 2**20:.1f} MiB) of sync {sync_id}"
             in_flight = (_post_ipc(channel, buf, sync_id, i) if ipc else channel.start_broadcast(buf), buf, what)
             nbytes += b.nbytes
             del buf
@@ -70,7 +70,7 @@ def send_weights(module, zero_stage: int, plan: list[Bucket], channel, sync_id: 
     if ipc and device != "cpu":
         torch.cuda.ipc_collect()  # free the exported buffers the engine has released
     return {"ready_seconds": t_ready, "send_seconds": t_sent - t_ready,
-            "load_seconds": time.perf_counter() - t0 - t_sent, "bytes": nbytes, "buckets": len(plan)}
+            "load_seconds": time.perf_counter() - t0 - t_sent, "bytes": nbytes, "buckets": len(layout)}
 
 
 def ipc_key(sync_id: int, receiver: int, bucket: int) -> str:

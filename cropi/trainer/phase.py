@@ -150,7 +150,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     advs = adv.flatten().tolist()
     lengths = torch.tensor([len(r) for r in responses])
     mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B*G, T]
-    shards = plan_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, tok.pad_token_id)
+    shards = rank_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, tok.pad_token_id)
     lr = lr_at(phase * t.steps_per_phase + step, t.lr, t.steps_per_phase * cfg.run.num_phases, t.lr_warmup_steps,
                t.lr_schedule, t.min_lr_ratio)
     for sh in shards:
@@ -192,7 +192,7 @@ def _step(cfg, phase: int, step: int, steps: int, selected: list[int], by_id: di
     return maybe_eval(cfg, engines, val, step, steps, m)
 
 
-def plan_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, pad_id) -> list[dict]:
+def rank_shards(cfg, prompts, responses, advs, row_ids, engine_lp, mask, pad_id) -> list[dict]:
     """Each rank's part of the step's trajectories, cut into trainer.mini_batches mini-batches (whole
     prompt groups, each with its own global normaliser) and those into micro-batches of at most
     trainer.max_tokens_per_micro_batch padded tokens, the same count on every rank."""

@@ -126,11 +126,11 @@ class TrainerRank:
         """Every rank plans the buckets (ZeRO-3 gathers them in that order); a rank given a
         store_rank sends and joins the sync group (rank 0 hosts it and blocks until all joined, or
         raises naming who did not; partners are the receivers it waits for)."""
-        from cropi.sync.buckets import plan_to_json
+        from cropi.sync.buckets import buckets_to_json
         from cropi.sync.channel import SyncChannel
-        from cropi.sync.sender import sync_plan
+        from cropi.sync.sender import sync_buckets
 
-        self.sync_plan = sync_plan(self.engine.module, bucket_bytes)
+        self.sync_buckets = sync_buckets(self.engine.module, bucket_bytes)
         self.channel = None
         if backend == "store" and self.device != "cpu":
             import torch
@@ -142,13 +142,13 @@ class TrainerRank:
             self.channel = SyncChannel(host, port, store_rank, world, timeout_s, backend, peer_names, self.device,
                                        partners)
             if store_rank == 0:
-                self.channel.publish("plan", plan_to_json(self.sync_plan))
+                self.channel.publish("buckets", buckets_to_json(self.sync_buckets))
 
     def sync_send(self, sync_id: int) -> dict:
         """Broadcast the current weights (rank 0); under ZeRO-3 all ranks gather bucket by bucket."""
         from cropi.sync.sender import send_weights
 
-        return send_weights(self.engine.module, self.cfg.trainer.zero_stage, self.sync_plan, self.channel,
+        return send_weights(self.engine.module, self.cfg.trainer.zero_stage, self.sync_buckets, self.channel,
                             sync_id, self.device)
 
     def save_hf(self, directory: str, tokenizer_from: str) -> None:

@@ -105,10 +105,12 @@ def _train(cfg, phase, steps, selected, by_id, tok, val, services, state_dir, me
     for step in range(step0 + 1, steps + 1):
         m = _step(cfg, phase, step, steps, selected, by_id, tok, services, val)
         stop = preempt.requested()  # read once: a SIGTERM that lands after this waits for the next step
+        m["wall_time"] = time.time()
+        # the row before the checkpoint: a kill between them leaves a row past the last checkpoint,
+        # which a resume drops and redoes (covered), never a checkpoint whose step has no row
+        records.append(records.TRAIN_METRICS_ROW, m, metrics_path)
         if step % t.save_every == 0 or step == steps or stop:
             group.save_state(str(state_dir), step)
-        m["wall_time"] = time.time()
-        records.append(records.TRAIN_METRICS_ROW, m, metrics_path)
         on_step(m)
         log(f"phase {phase} step {step}/{steps}: reward {m['reward_mean']:.3f} kl {m['kl']:.4f} "
             f"grad_norm {m['grad_norm']:.3f}" + "".join(f" {k}={v:.3f}" for k, v in m.items() if k.startswith("val_")))

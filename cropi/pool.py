@@ -47,6 +47,7 @@ class WorkerPool:
         if len(bundles) != count:
             raise CropiError(f"{what}: {count} actors need {count} bundles, got {len(bundles)}")
         self.actors: list = []
+        self._ready: set[int] = set()  # ids of the actors known to be constructed
         self.names = [f"{name}-{i}" for i in range(count)]
         options = with_log_env(options)
         try:
@@ -95,6 +96,25 @@ class WorkerPool:
         return WorkerDied(f"{self.what}: a worker died while working on {describe(item)} ({type(e).__name__}); "
                           + self.on_death + lost_nodes_note(ray.nodes()))
 
+    def _started(self, timeout_s: float) -> None:
+        """Wait for the actors not yet known to be constructed (a vLLM engine or a model loading in
+        __init__), so that an item's hang clock counts its own work, never an actor's start-up;
+        the start-up gets timeout_s of its own."""
+        import ray
+
+        todo = [a for a in self.actors if id(a) not in self._ready]
+        if timeout_s <= 0 or not todo:
+            return
+        refs = [a.__ray_ready__.remote() for a in todo]
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if late:
+            raise self._hung([todo[refs.index(r)] for r in late], timeout_s, "its start-up")
+        try:
+            ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            raise self._died(e, "its start-up", str) from None
+        self._ready.update(id(a) for a in todo)
+
     def map(self, call: Callable[[Any, Any], Any], items: Sequence, on_done: Callable[[Any, Any], None] | None = None,
             describe: Callable[[Any], str] = str, timeout_s: float = 0.0) -> list:
         """call(actor, item) -> ObjectRef for every item, at most one in flight per actor;
@@ -104,6 +124,7 @@ class WorkerPool:
 
         import ray
 
+        self._started(timeout_s)
         results: list = [None] * len(items)
         queue = list(range(len(items)))
         idle = list(self.actors)
@@ -138,6 +159,7 @@ class WorkerPool:
 
         if items is not None and len(items) != len(self.actors):
             raise CropiError(f"{self.what}: {len(items)} items for {len(self.actors)} actors")
+        self._started(timeout_s)
         try:
             refs = [call(a) for a in self.actors] if items is None else [call(a, x) for a, x in zip(self.actors, items)]
             if timeout_s > 0:

@@ -154,3 +154,33 @@ def test_a_collective_whose_peer_died_is_a_death_not_the_survivors_error(ray_loc
         with _pool("cropi-test-q") as pool:
             pool.each(lambda a, role: a.collective.remote(role), ["survivor", "fine"], timeout_s=timeout_s)
     assert _gone("cropi-test-q")
+
+
+@ray.remote
+class SlowStart:
+    def __init__(self, index: int, ready_at: float):
+        time.sleep(max(0.0, ready_at - time.time()))  # an engine or a model loading in the constructor
+
+    def work(self, x):
+        time.sleep(6.0)
+        return x
+
+
+def test_the_hang_clock_counts_an_items_work_not_the_actors_start_up(ray_local):
+    """Actors constructed 6 s after the pool is made, then 6 s items: within a 10 s timeout each
+    (start-up and item each get it), not counted together (12 s); a start-up longer than the
+    timeout is itself a hang, named as such."""
+    from cropi.errors import WorkerHung
+
+    ready_at = time.time() + 6.0
+    with WorkerPool(SlowStart, lambda i: (i, ready_at), count=2, cpus=0.5, gpus=0.0, what="test stage",
+                    name="cropi-test-s") as pool:
+        assert pool.map(lambda a, x: a.work.remote(x), [0, 1], timeout_s=10) == [0, 1]
+        assert pool.each(lambda a: a.work.remote(7), timeout_s=10) == [7, 7]
+    ready_at = time.time() + 60.0
+    with pytest.raises(WorkerHung, match="cropi-test-t-0, cropi-test-t-1 did not answer its start-up within "
+                                         "run.hang_timeout_s = 10 s"):
+        with WorkerPool(SlowStart, lambda i: (i, ready_at), count=2, cpus=0.5, gpus=0.0, what="test stage",
+                        name="cropi-test-t") as pool:
+            pool.map(lambda a, x: a.work.remote(x), [1], timeout_s=10)
+    assert _gone("cropi-test-t")

@@ -122,7 +122,7 @@ def test_a_stopped_rank_or_engine_is_taken_as_hung_killed_and_the_stage_redone(r
     import signal
 
     rng = random.Random(f"hung-{actor}")
-    proc = harness.start(tmp_path, "run.hang_timeout_s=20", "trainer.sync_timeout_s=20")
+    proc = harness.start(tmp_path, "run.hang_timeout_s=45", "trainer.sync_timeout_s=45")  # > an engine start-up here
     metrics = tmp_path / "run" / "phase-0" / "train_metrics.jsonl"
     at = rng.randint(2, 4)
     harness.wait_until(lambda: harness.count_lines(metrics) >= at + 1 and harness.pids(actor, proc), proc)

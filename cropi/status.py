@@ -6,7 +6,6 @@ from pathlib import Path
 
 from cropi.errors import CropiError
 from cropi.store import records
-from cropi.store.files import read_json, read_json_if
 from cropi.store.paths import SHARD_GLOB, RunPaths
 
 
@@ -15,14 +14,14 @@ def run_status(run_dir: str | Path) -> str:
     d = paths.root
     if not paths.run_json.is_file() and not paths.buffer.is_dir():
         raise CropiError(f"{d} is not a cropi run directory (no run.json or buffer/)")
-    run = read_json_if(paths.run_json, "run record") or {}
+    run = records.read_if(records.RUN_RECORD, paths.run_json) or {}
     cfg = run.get("config", {})
     phases = cfg.get("run", {}).get("num_phases")
     steps = cfg.get("trainer", {}).get("steps_per_phase")
     starts = len(run.get("history", []))
     lines = [f"run {d} ({run.get('method', '?')}, {phases} phases x {steps} steps"
              + (f", started {starts} times" if starts > 1 else "") + ")"]
-    bm = read_json_if(paths.buffer / "manifest.json", "buffer manifest")
+    bm = records.read_if(records.BUFFER_MANIFEST, paths.buffer / "manifest.json")
     if bm is not None:
         done = len(list(paths.buffer.rglob(SHARD_GLOB)))
         total = sum(s["num_shards"] for s in bm["splits"].values())
@@ -33,7 +32,7 @@ def run_status(run_dir: str | Path) -> str:
         parts = []
         idir = paths.influence(m)
         if (idir / "manifest.json").is_file():
-            im = read_json(idir / "manifest.json", "influence manifest")
+            im = records.read(records.INFLUENCE_MANIFEST, idir / "manifest.json")
             parts.append(f"influence done (KL drift {im['kl_drift']:.4f}{', STALE' if im['buffer_stale'] else ''})")
         elif idir.is_dir():
             parts.append(f"influence {len(list((idir / 'train').glob(SHARD_GLOB)))} shards")

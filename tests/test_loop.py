@@ -15,6 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cropi.store import records
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +80,8 @@ def _check_run(run: Path, phases: int, steps: int) -> None:
         assert steps_seen == list(range(steps + 1))
         assert (pdir / "checkpoint" / "model.safetensors").is_file()
         # every phase is scored against targets formed from the same validation prompts
-        targets = json.loads((pdir / "influence" / "val_targets.json").read_text())
-        first = json.loads((run / "phase-0" / "influence" / "val_targets.json").read_text())
+        targets = records.read(records.VAL_TARGETS, pdir / "influence" / "val_targets.json")
+        first = records.read(records.VAL_TARGETS, run / "phase-0" / "influence" / "val_targets.json")
         assert {s: t["prompt_ids"] for s, t in targets.items()} == {s: t["prompt_ids"] for s, t in first.items()}
         for name, t in targets.items():  # min(3, live) prompts drawn from the set's live ones
             val = pq.read_table(run / "buffer" / "val" / name, columns=["prompt_id", "group_std"]).to_pylist()
@@ -89,7 +91,9 @@ def _check_run(run: Path, phases: int, steps: int) -> None:
     assert (run / "report" / "report.md").is_file() and (run / "report" / "validation.png").is_file()
     # every record the run wrote carries its schema version (cropi.store.records)
     stamped = [run / "run_result.json", run / "phase-0" / "train_summary.json", run / "phase-0" / "selection_summary.json",
-               run / "phase-0" / "influence" / "manifest.json", run / "phase-0" / "influence" / "plan.json"]
+               run / "phase-0" / "influence" / "manifest.json", run / "phase-0" / "influence" / "plan.json",
+               run / "run.json", run / "phase-0" / "phase.json", run / "buffer" / "manifest.json",
+               run / "phase-0" / "influence" / "val_targets.json"]
     assert [json.loads(p.read_text())["schema_version"] for p in stamped] == [1] * len(stamped)
     for log in (run / "metrics.jsonl", run / "phase-0" / "train_metrics.jsonl", run / "phase-0" / "eval.jsonl"):
         assert {json.loads(x)["schema_version"] for x in log.read_text().splitlines()} == {1}, log

@@ -67,3 +67,42 @@ def test_logs_stamp_every_row_and_read_old_rows(tmp_path):
 
 def test_every_kind_has_a_distinct_name():
     assert len({k.name for k in records.KINDS}) == len(records.KINDS)
+
+
+def test_every_json_file_of_a_run_goes_through_a_kind():
+    """No module outside store/files.py, records.py and the compare report (its own output, not
+    a run file) reads or writes run JSON by hand: each file has one declared kind."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "cropi"
+    allowed = {"store/files.py", "store/records.py", "compare/report.py",  # its own output
+               "data/suite.py", "data/dataset.py"}  # the data dir's stamp; users' JSONL datasets
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "read_json", "read_json_if", "write_json", "append_jsonl", "read_jsonl", "write_jsonl"):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == [], offenders
+
+
+def test_records_written_before_the_stamps_still_read(tmp_path):
+    """The buffer manifest carried schema_version 1 before it was a kind; run.json, compare.json,
+    val_targets.json and the base-model marker had no stamp: all read as version 1 when whole."""
+    cases = [(records.BUFFER_MANIFEST, {"schema_version": 1, "key_version": 2, "config_hash": "ab", "splits": {},
+                                        "complete": True}),
+             (records.RUN_RECORD, {"method": "cropi", "config": {"run": {}}, "history": []}),
+             (records.COMPARE_RECORD, {"config": "c.yaml", "arms": ["full"], "seeds": [0]}),
+             (records.VAL_TARGETS, {"add": {"num_prompts": 8, "norm": 1.5}}),
+             (records.BASE_MODEL_MARKER, {"config_hash": "x", "seed": 0, "pass_rates": {}})]
+    for kind, body in cases:
+        p = tmp_path / "r.json"
+        p.write_text(json.dumps(body))
+        assert records.read(kind, p) == {k: v for k, v in body.items() if k != "schema_version"}
+    p.write_text(json.dumps({"config": "c.yaml", "arms": ["full"]}))
+    with pytest.raises(CropiError, match="compare record .* has no field 'seeds'"):
+        records.read(records.COMPARE_RECORD, p)

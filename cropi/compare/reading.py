@@ -13,7 +13,6 @@ import numpy as np
 from cropi.errors import CropiError
 from cropi.selection.baselines import NEEDS_BUFFER
 from cropi.store import influence as store_influence, records
-from cropi.store.files import read_json, read_json_if
 from cropi.store.paths import RunPaths, compare_seed_dir
 from cropi.config import from_dict
 from cropi.store.selection import selected_ids
@@ -65,7 +64,7 @@ def read_arm(run_dir: Path, arm: str, seed: int, buffer_wall: float) -> ArmRun |
     result = records.read_if(records.RUN_RESULT, RunPaths(run_dir).run_result)
     if result is None:
         return None
-    rec = read_json(run_dir / "run.json", "run record")
+    rec = records.read(records.RUN_RECORD, run_dir / "run.json")
     cfg = from_dict(rec["config"])
     paths = RunPaths(run_dir)
     E, P = cfg.trainer.steps_per_phase, cfg.run.num_phases
@@ -130,7 +129,7 @@ def _buffer_wall(seed_root: Path) -> float:
 def _pool_families(run: ArmRun, run_dir: Path) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
     """Prompt id -> data_source, -> label (clean | wrong | conflict) and -> family of the arm's pool."""
 
-    cfg = from_dict(read_json(run_dir / "run.json", "run record")["config"])
+    cfg = from_dict(records.read(records.RUN_RECORD, run_dir / "run.json")["config"])
     pool, _ = load_data(cfg)
     return ({r.prompt_id: r.data_source for r in pool},
             {r.prompt_id: str(r.extra_info.get("label", "clean")) for r in pool},
@@ -146,7 +145,7 @@ def load_runs(root: Path) -> tuple[dict, dict[str, dict[int, ArmRun]], dict, dic
     """ROOT's record and every finished (seed, arm), read once: (compare.json, arm -> seed -> run,
     (seed, arm) -> pool families, seed -> buffer statistics)."""
     root = Path(root)
-    rec = read_json_if(root / "compare.json", "compare record")
+    rec = records.read_if(records.COMPARE_RECORD, root / "compare.json")
     if rec is None:
         raise CropiError(f"{root} has no compare.json: not a `cropi compare` run directory")
     runs: dict[str, dict[int, ArmRun]] = {}

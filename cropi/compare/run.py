@@ -19,7 +19,6 @@ from pathlib import Path
 from cropi.compare.arms import Arm
 from cropi.errors import CropiError
 from cropi.store import records
-from cropi.store.files import read_json_if, write_json
 from cropi.store.paths import RunPaths, compare_arm_dir, compare_seed_dir
 from cropi.config import load_config
 from cropi.model.hub import resolve
@@ -65,7 +64,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
 
     for a in arms:  # fit and placement of each arm's loop, before any arm runs
         preflight(cfgs[(seeds[0], a.name)], a.method)
-    old = read_json_if(root / "compare.json", "compare record") or {}
+    old = records.read_if(records.COMPARE_RECORD, root / "compare.json") or {}
     record = {"config": str(config_path), "overrides": list(overrides), "arms": [a.name for a in arms],
               "seeds": list(seeds), "arm_overrides": {a.name: [a.method, *a.overrides] for a in arms},
               "history": [*old.get("history", []), {"started": round(time.time(), 3), "arms": [a.name for a in arms],
@@ -73,7 +72,7 @@ def run_compare(config_path: str, overrides: list[str], arms: list[Arm], seeds: 
     record["arms"] = list(dict.fromkeys([*old.get("arms", []), *record["arms"]]))
     record["seeds"] = sorted(set(old.get("seeds", [])) | set(seeds))
     record["arm_overrides"] = {**old.get("arm_overrides", {}), **record["arm_overrides"]}
-    write_json(record, root / "compare.json")
+    records.write(records.COMPARE_RECORD, record, root / "compare.json")
     with ray_session(base, dashboard=True):
         for s in seeds:
             for a in arms:

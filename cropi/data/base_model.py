@@ -23,7 +23,8 @@ from cropi.data.dataset import PromptRow, render_prompt
 from cropi.data.rewards import load_reward, score
 from cropi.data.tasks import make_conflict_problem, make_problem, near_miss
 from cropi.model.tokenizer import check_reloads, train_tokenizer
-from cropi.store.files import atomic_dir, read_json_if, write_json
+from cropi.store import records
+from cropi.store.files import atomic_dir
 from cropi.model.sequences import collate
 
 MARKER = "cropi_base_model.json"
@@ -165,9 +166,9 @@ def build_base_model(cfg: Config, train: list[PromptRow], val: dict[str, list[Pr
     with atomic_dir(out_dir) as tmp:  # a model directory that exists is whole
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        write_json(info, tmp / MARKER)
+        records.write(records.BASE_MODEL_MARKER, info, tmp / MARKER)
     return info
 
 
 def read_marker(model_dir: str | Path) -> dict | None:
-    return read_json_if(Path(model_dir) / MARKER, "base model marker")
+    return records.read_if(records.BASE_MODEL_MARKER, Path(model_dir) / MARKER)

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from cropi.config import BUFFER, flat_dict
 from cropi.errors import CropiError
 from cropi.hashing import stable_hash
-from cropi.store.files import read_json_if, remove_stale_tmp, write_json
+from cropi.store import records
+from cropi.store.files import remove_stale_tmp
 from cropi.store.paths import SHARD_GLOB, RunPaths, shard_name
 
 SCHEMA_VERSION = 1
@@ -97,11 +98,11 @@ def built_with(cfg, manifest: dict) -> bool:
 
 
 def read_manifest(bdir: Path) -> dict | None:
-    return read_json_if(Path(bdir) / "manifest.json", "buffer manifest")
+    return records.read_if(records.BUFFER_MANIFEST, Path(bdir) / "manifest.json")
 
 
 def write_manifest(bdir: Path, manifest: dict) -> None:
-    write_json(manifest, Path(bdir) / "manifest.json")
+    records.write(records.BUFFER_MANIFEST, manifest, Path(bdir) / "manifest.json")
 
 
 def complete_manifest(cfg) -> tuple[Path, dict]:
@@ -135,7 +136,7 @@ def claim_buffer(cfg, specs: list[ShardSpec]) -> Path:
             d["num_prompts"] += len(s.rows)
             d["num_shards"] += 1
         write_manifest(bdir, {
-            "schema_version": SCHEMA_VERSION, "key_version": KEY_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
+            "key_version": KEY_VERSION, "config_hash": want, "model_path": str(Path(cfg.model.path).resolve()),
             "splits": splits, "complete": False,
         })
     remove_stale_tmp(bdir)  # half-written files of a run that died

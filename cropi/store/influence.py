@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from cropi.errors import CropiError
 from cropi.store import records
-from cropi.store.files import read_json, write_json, write_table
+from cropi.store.files import write_table
 from cropi.store.paths import SHARD_GLOB, shard_name
 
 MODES = ("projected", "exact")
@@ -98,7 +98,7 @@ def write_manifest(influence_dir: str | Path, mode: str, sets: list[str], num_tr
 
 
 def write_val_targets(influence_dir: str | Path, targets: dict[str, dict]) -> Path:
-    return write_json(targets, val_targets_path(influence_dir))
+    return records.write(records.VAL_TARGETS, targets, val_targets_path(influence_dir))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -210,7 +210,7 @@ def read_val_set(m: Manifest, name: str) -> tuple[np.ndarray, np.ndarray, np.nda
 def read_val_targets(m: Manifest) -> tuple[np.ndarray, dict]:
     """Exact mode: target norms [S] from val_targets.json, and per-set info."""
     path = val_targets_path(m.dir)
-    raw = read_json(path, "exact-mode validation targets")
+    raw = records.read(records.VAL_TARGETS, path)
     norms, info = [], {}
     for name in m.sets:
         entry = raw.get(name) if isinstance(raw, dict) else None

@@ -10,9 +10,10 @@ format, stamped): it is read when it has every required field, and refused with 
 the file and the missing field otherwise; a record from a newer cropi (a higher version) is
 refused, never misread. Which file of a run each kind lives in: cropi.store.paths.RunPaths.
 
-Records with their own versioning are not here: run.json and phase.json (store.run_record,
-key_version), the buffer manifest (store.buffer, SCHEMA_VERSION), influence and selection
-tables (Parquet, checked column by column where they are read).
+Every JSON file of a run and of a compare directory is one of these kinds. A record's *key*
+versions (run.json / phase.json's and the buffer manifest's `key_version`: how the config hash
+was computed) are a separate matter, kept by store.run_record and store.buffer. Influence and
+selection tables are Parquet, checked column by column where they are read.
 """
 
 from __future__ import annotations
@@ -69,9 +70,16 @@ REBUFFER_MANIFEST = Kind("rebuffer manifest", 1, {"phase": int, "kl_before": NUM
 TRAIN_METRICS_ROW = Kind("training metrics row", 1, {"step": int, "wall_time": NUMBER})
 EVAL_ROW = Kind("evaluation row", 1, {"phase": int, "step": int, "sets": dict})
 EVENT = Kind("event", 1, {"time": NUMBER, "event": str})
+RUN_RECORD = Kind("run record", 1, {"method": str, "config": dict})
+PHASE_RECORD = Kind("phase record", 1, {"phase": int, "method": str})
+BUFFER_MANIFEST = Kind("buffer manifest", 1, {"config_hash": str, "splits": dict, "complete": bool})
+VAL_TARGETS = Kind("exact-mode validation targets", 1, {})  # {set name: {num_prompts, norm, ...}}
+COMPARE_RECORD = Kind("compare record", 1, {"config": str, "arms": list, "seeds": list})
+BASE_MODEL_MARKER = Kind("base model marker", 1, {"config_hash": str, "seed": int})
 
 KINDS = (INFLUENCE_PLAN, INFLUENCE_MANIFEST, SELECTION_SUMMARY, TRAIN_SUMMARY, RUN_RESULT, REFRESH_MANIFEST,
-         REBUFFER_MANIFEST, TRAIN_METRICS_ROW, EVAL_ROW, EVENT)
+         REBUFFER_MANIFEST, TRAIN_METRICS_ROW, EVAL_ROW, EVENT, RUN_RECORD, PHASE_RECORD, BUFFER_MANIFEST, VAL_TARGETS,
+         COMPARE_RECORD, BASE_MODEL_MARKER)
 
 
 def write(kind: Kind, body: dict, path: str | Path) -> Path:

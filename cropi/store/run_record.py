@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cropi.errors import ConfigError, CropiError
-from cropi.store.files import read_json, read_json_if, write_json
+from cropi.store import records
 from cropi.store.paths import RunPaths
 from cropi.config import PHASE_ARTIFACTS, from_dict
 
@@ -31,7 +31,7 @@ def check_run(cfg, method: str) -> None:
     """Before anything runs: refuse a run directory of another method, or a config that changes
     what a begun phase was computed with."""
     paths = RunPaths.of(cfg)
-    old = read_json_if(paths.run_json, "run record") or {}
+    old = records.read_if(records.RUN_RECORD, paths.run_json) or {}
     if old and old.get("method") != method:
         raise CropiError(f"{paths.root} holds a {old.get('method')!r} run; use another run.dir for {method!r}")
     for m in range(cfg.run.num_phases):
@@ -41,11 +41,11 @@ def check_run(cfg, method: str) -> None:
 def record_start(cfg, method: str) -> dict:
     """Append this start to run.json's history (the config of every start is kept)."""
     paths = RunPaths.of(cfg)
-    old = read_json_if(paths.run_json, "run record") or {}
+    old = records.read_if(records.RUN_RECORD, paths.run_json) or {}
     history = old.get("history") or ([{"config": old["config"]}] if "config" in old else [])
     history.append({"started": round(time.time(), 3), "config": cfg.to_dict()})
     record = {"method": method, "config": cfg.to_dict(), "history": history}
-    write_json(record, paths.run_json)
+    records.write(records.RUN_RECORD, record, paths.run_json)
     return record
 
 
@@ -58,7 +58,7 @@ def _diff(old: dict, new: dict) -> list[str]:
 def _legacy_inputs(paths: RunPaths) -> dict | None:
     """A run written before phase.json existed: the config recorded in run.json."""
 
-    raw = read_json_if(paths.run_json, "run record")
+    raw = records.read_if(records.RUN_RECORD, paths.run_json)
     if not raw or "config" not in raw:
         return None
     try:
@@ -77,7 +77,7 @@ def check_phase(cfg, phase: int, method: str) -> dict:
     if not (pdir.is_dir() and any(p.name != path.name for p in pdir.iterdir())):
         return want  # not begun: it will record whatever config it starts with
     if path.is_file():
-        have = read_json(path, "phase record")
+        have = records.read(records.PHASE_RECORD, path)
         old = {"method": have.get("method"), **have.get("inputs", {})}
         versioned = "key_version" in have
     else:
@@ -100,9 +100,9 @@ def check_phase(cfg, phase: int, method: str) -> dict:
 def claim_phase(cfg, phase: int, method: str) -> dict:
     """check_phase, then record the config phase M runs with in phase-M/phase.json."""
     want = check_phase(cfg, phase, method)
-    write_json(want, RunPaths.of(cfg).phase_record(phase))
+    records.write(records.PHASE_RECORD, want, RunPaths.of(cfg).phase_record(phase))
     return want
 
 
 def phase_record(run_dir: str | Path, phase: int) -> dict | None:
-    return read_json_if(RunPaths(run_dir).phase_record(phase), "phase record")
+    return records.read_if(records.PHASE_RECORD, RunPaths(run_dir).phase_record(phase))

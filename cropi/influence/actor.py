@@ -70,7 +70,10 @@ class GradientActor:
 
         import torch
 
+        from cropi.influence.projection import clear_sjlt_cache
+
         self.model, self.checkpoint = None, None
+        clear_sjlt_cache()  # up to SJLT_CACHE_MB on the device: drawn again next phase
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()

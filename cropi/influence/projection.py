@@ -280,6 +280,12 @@ def _sjlt_hash(seed: int, proj_dim: int, b: int, device: torch.device) -> torch.
     return folded
 
 
+def clear_sjlt_cache() -> None:
+    """Drop the cached sjlt hashes (a gradient actor releasing its device memory between phases)."""
+    _SJLT_CACHE.clear()
+    _SJLT_CACHED_BYTES[0] = 0
+
+
 class SparseProjector:
     """Sparse Johnson-Lindenstrauss projection (`sjlt`, Kane & Nelson 2014, block construction):
     input coordinate i goes to s = SJLT_NONZEROS output buckets, one in each of s equal slices of

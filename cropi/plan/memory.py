@@ -123,6 +123,8 @@ def actor_parts(cfg, shape: ModelShape, device_gib: float) -> dict[str, dict[str
     """{actor: {part: bytes}} of every actor kind, and of the states a kept-alive service rests in,
     on one device. What the per-device check (cropi.plan.packing) adds up for the actors that
     share a GPU (or, on CPU, a node's memory) at each stage."""
+    from cropi.influence.projection import SJLT_CACHE_MB, SJLT_NONZEROS  # torch: loaded by ModelShape already
+
     b, t, inf = BYTES[cfg.model.dtype], cfg.trainer, cfg.influence
     w, z = t.world_size, t.zero_stage
     p = shape.params
@@ -145,6 +147,8 @@ def actor_parts(cfg, shape: ModelShape, device_gib: float) -> dict[str, dict[str
         "logits_chunk": shape.head_chunk(inf.logits_chunk_tokens, INFLUENCE_HEAD_COPIES),
         "per_prompt_gradients": per_pass_prompts * inf.sample_ratio * shape.largest_matrix * 4,
         "validation_targets": (sets * inf.sample_ratio * shape.matrix_params * 4) if inf.mode == "exact" else 0.0,
+        "sjlt_hash_cache": min(SJLT_CACHE_MB * 2 ** 20, SJLT_NONZEROS * 8 * inf.sample_ratio * shape.matrix_params)
+        if inf.mode == "projected" and inf.proj_kind == "sjlt" else 0.0,
         **ctx,
     }
     engine = ({"vllm": cfg.resources.rollout.gpu_memory_utilization * device_gib * GIB} if cuda else

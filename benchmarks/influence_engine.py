@@ -17,7 +17,7 @@ is the dense Rademacher projection (exact int8 GEMM; Gaussian runs the same GEMM
 sparse JL map (influence.proj_kind: sjlt).
 Timing: one subprocess per size runs the four methods interleaved, round by round, after a
 warm-up (torch.set_num_threads(2)); reported are each method's best time over the rounds and
-the median of its per-round ratio to that round's floor (the machine may be shared: the load
+the median and the min-max of its per-round ratio to that round's floor, 7 rounds at 25m (the machine may be shared: the load
 average is recorded). Memory: one subprocess per (size, method), peak RSS (VmHWM, reset once
 model, data and validation gradient exist) minus the RSS then, so one-time library buffers
 count too. Also reported:
@@ -45,7 +45,7 @@ from benchmarks.common import RESULTS, write_result
 
 SIZES = {
     "tiny": dict(prompts=64, k=8, hidden=128, inter=256, layers=2, heads=4, repeats=7),
-    "25m": dict(prompts=16, k=8, hidden=512, inter=1376, layers=8, heads=8, repeats=5),
+    "25m": dict(prompts=16, k=8, hidden=512, inter=1376, layers=8, heads=8, repeats=7),
     "qwen2-151k": dict(prompts=2, k=4, repeats=3, real_vocab=True),
 }
 METHODS = ("floor", "exact", "projected", "sjlt", "reference")
@@ -204,6 +204,9 @@ def timing_worker(size: str) -> dict:
            "seconds_best": {m: min(v) for m, v in rounds.items()},
            "ratio_best": {m: min(v) / min(rounds["floor"]) for m, v in rounds.items()},
            "ratio_median_paired": {m: statistics.median(t / f for t, f in zip(v, rounds["floor"])) for m, v in rounds.items()},
+           "ratio_paired_min_max": {m: [min(t / f for t, f in zip(v, rounds["floor"])),
+                                        max(t / f for t, f in zip(v, rounds["floor"]))] for m, v in rounds.items()},
+           "rounds": SIZES[size]["repeats"],
            "load_avg_1min": float(open("/proc/loadavg").read().split()[0])}
     proj = {}
     for rows in sorted({batch.num_prompts, 64}):
@@ -311,6 +314,8 @@ def main() -> None:
         "ratio_to_floor_best": {t["size"]: {m: round(v, 3) for m, v in t["ratio_best"].items()} for t in timing},
         "ratio_to_floor_median_paired": {t["size"]: {m: round(v, 3) for m, v in t["ratio_median_paired"].items()}
                                          for t in timing},
+        "ratio_to_floor_paired_min_max": {t["size"]: {m: [round(x, 3) for x in v] for m, v in t["ratio_paired_min_max"].items()}
+                                          for t in timing if "ratio_paired_min_max" in t},
         "peak_rss_delta_mib": memory, "timing": timing, "plot": png.name})
 
 

@@ -191,6 +191,8 @@ class WorkerPool:
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as e:
+                if isinstance(e, ray.exceptions.ActorUnavailableError):  # alive but not answering: never left holding a GPU
+                    ray.kill(self.actors[refs.index(ref)], no_restart=True)
                 return e
             except Exception:  # a survivor's own error: not a death
                 continue

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # the ray and python of the environment the tests run in
 
 
 def _free_base(span: int = 80) -> int:

@@ -47,7 +47,7 @@ class WorkerPool:
         if len(bundles) != count:
             raise CropiError(f"{what}: {count} actors need {count} bundles, got {len(bundles)}")
         self.actors: list = []
-        self._ready: set[int] = set()  # ids of the actors known to be constructed
+        self._started_all = False  # every actor known to be constructed
         self.names = [f"{name}-{i}" for i in range(count)]
         options = with_log_env(options)
         try:
@@ -102,18 +102,17 @@ class WorkerPool:
         the start-up gets timeout_s of its own."""
         import ray
 
-        todo = [a for a in self.actors if id(a) not in self._ready]
-        if timeout_s <= 0 or not todo:
+        if timeout_s <= 0 or self._started_all:
             return
-        refs = [a.__ray_ready__.remote() for a in todo]
+        refs = [a.__ray_ready__.remote() for a in self.actors]
         _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if late:
-            raise self._hung([todo[refs.index(r)] for r in late], timeout_s, "its start-up")
+            raise self._hung([self.actors[refs.index(r)] for r in late], timeout_s, "its start-up")
         try:
             ray.get(refs)
         except ray.exceptions.RayActorError as e:
             raise self._died(e, "its start-up", str) from None
-        self._ready.update(id(a) for a in todo)
+        self._started_all = True
 
     def map(self, call: Callable[[Any, Any], Any], items: Sequence, on_done: Callable[[Any, Any], None] | None = None,
             describe: Callable[[Any], str] = str, timeout_s: float = 0.0) -> list:

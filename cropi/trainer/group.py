@@ -43,29 +43,29 @@ class TrainerGroup:
     def ranks(self) -> list:
         return self.pool.actors
 
+    def _all(self, call, what: str) -> list:
+        """call(rank) on every rank at once, bounded by run.hang_timeout_s like any collective."""
+        return self.pool.each(call, timeout_s=self.hang_timeout_s, what=what)
+
     def train_step(self, shards: list[dict], global_norm: float) -> list[dict]:
         return self.pool.each(lambda a, s: a.train_step.remote(s, global_norm), shards,
                               timeout_s=self.hang_timeout_s, what="a training step")
 
     def weights(self) -> bytes:
-        return self.pool.each(lambda a: a.state_dict_bytes.remote(), timeout_s=self.hang_timeout_s,
-                              what="a weights read")[0]
+        return self._all(lambda a: a.state_dict_bytes.remote(), "a weights read")[0]
 
     def reset(self, init_path: str) -> None:
         """Every rank rebuilds its DeepSpeed engine from init_path in place (a new phase)."""
-        self.pool.each(lambda a: a.reset.remote(init_path), timeout_s=self.hang_timeout_s, what="an engine rebuild")
+        self._all(lambda a: a.reset.remote(init_path), "an engine rebuild")
 
     def save_state(self, directory: str, step: int) -> None:
-        self.pool.each(lambda a: a.save_state.remote(directory, step), timeout_s=self.hang_timeout_s,
-                       what="a DeepSpeed checkpoint save")
+        self._all(lambda a: a.save_state.remote(directory, step), "a DeepSpeed checkpoint save")
 
     def load_state(self, directory: str, tag: str) -> int:
-        return self.pool.each(lambda a: a.load_state.remote(directory, tag), timeout_s=self.hang_timeout_s,
-                              what="a DeepSpeed checkpoint load")[0]
+        return self._all(lambda a: a.load_state.remote(directory, tag), "a DeepSpeed checkpoint load")[0]
 
     def save_hf(self, directory: str, tokenizer_from: str) -> None:
-        self.pool.each(lambda a: a.save_hf.remote(directory, tokenizer_from), timeout_s=self.hang_timeout_s,
-                       what="a Hugging Face checkpoint save")
+        self._all(lambda a: a.save_hf.remote(directory, tokenizer_from), "a Hugging Face checkpoint save")
 
     def shutdown(self) -> None:
         self.pool.close()

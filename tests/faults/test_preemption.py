@@ -10,6 +10,7 @@ import random
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,24 @@ def _alive(pgid: int) -> bool:
         return False
 
 
+def _job_driver(run_dir: str):
+    """The job's Python driver (not the `sh -c` Ray wraps it in)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and "ray_jobs.cropi_loop" in cmd and any(run_dir in c for c in cmd) and "python" in Path(cmd[0]).name:
+            return p
+    raise AssertionError(f"no driver process for {run_dir}")
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """SIGTERM (15) waits in the process's or a thread's pending set (/proc status, hex masks)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    masks = [int(x.split()[1], 16) for x in status if x.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(m & (1 << (signal.SIGTERM - 1)) for m in masks)
+
+
 def test_ray_job_stop_preempts_the_job_and_a_resubmitted_job_resumes(reference, tmp_path):
     """`ray job stop` (SIGTERM to the entrypoint's process group, SIGKILL after
     RAY_JOB_STOP_WAIT_TIME_S) against a local head: the job stops at the end of a training step
@@ -83,7 +102,6 @@ def test_ray_job_stop_preempts_the_job_and_a_resubmitted_job_resumes(reference, 
     import subprocess
     import sys
     import tempfile
-    from pathlib import Path
 
     from ray.job_submission import JobSubmissionClient
 
@@ -130,9 +148,21 @@ def test_ray_job_stop_preempts_the_job_and_a_resubmitted_job_resumes(reference, 
         while harness.count_lines(metrics) < 3 and time.time() < deadline:
             time.sleep(0.2)
         assert harness.count_lines(metrics) >= 3, client.get_job_logs("cropi-stop-1")[-3000:]
+        # A tiny step takes about 0.25 s, less than `ray job stop` needs to reach the driver, so
+        # without this the run could end before the signal: freeze the driver (its actors run on),
+        # stop the job, and let the driver go on once Ray's SIGTERM is pending on it.
+        driver = _job_driver(str(run_dir))
+        driver.suspend()
         t0 = time.time()
-        subprocess.run([str(BIN / "ray"), "job", "stop", "--no-wait", "cropi-stop-1"],
-                       env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, check=True, capture_output=True, timeout=120)
+        try:
+            subprocess.run([str(BIN / "ray"), "job", "stop", "--no-wait", "cropi-stop-1"],
+                           env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, check=True, capture_output=True,
+                           timeout=120)
+            while not _sigterm_pending(driver.pid) and time.time() - t0 < 120:
+                time.sleep(0.1)
+            assert _sigterm_pending(driver.pid), "ray job stop sent no SIGTERM to the driver within 120 s"
+        finally:
+            driver.resume()
         status = wait_status("cropi-stop-1")
         logs = client.get_job_logs("cropi-stop-1")
         assert "STOPPED" in status, status + logs[-3000:]
